@@ -1,0 +1,90 @@
+"""The Celery task message: what the producer sends and the worker receives (JSON only)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.config import GenerationConfig
+from schemas.errors import ValidationError
+from schemas.keys import check_request_id
+
+TASK_NAME = "tokenrelay.generate"
+DEFAULT_QUEUE = "tokenrelay"
+_ROLES = ("system", "user", "assistant", "tool")
+
+
+def queue_for_model(model: str | None) -> str:
+    """Requests for a named model go to its own queue; ``None`` goes to the shared default
+    queue, which every worker also consumes."""
+    if model is None:
+        return DEFAULT_QUEUE
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in model.lower()).strip("-")
+    return f"{DEFAULT_QUEUE}.{slug}"
+
+
+@dataclass(frozen=True)
+class Job:
+    request_id: str
+    config: GenerationConfig
+    submitted_at: float
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    model: str | None = None
+    ttl_s: int = 3600
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_request_id(self.request_id)
+        if (self.prompt is None) == (self.messages is None):
+            raise ValidationError("prompt", "give exactly one of prompt or messages")
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise ValidationError("prompt", f"must be a string, got {type(self.prompt).__name__}")
+        if self.prompt is not None and not self.prompt:
+            raise ValidationError("prompt", "must not be empty")
+        if self.messages is not None:
+            check_messages(self.messages)
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ValidationError("model", f"must be a non-empty string or None, got {self.model!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "config": self.config.to_dict(),
+            "submitted_at": self.submitted_at,
+            "prompt": self.prompt,
+            "messages": self.messages,
+            "model": self.model,
+            "ttl_s": self.ttl_s,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Job:
+        try:
+            return cls(
+                request_id=d["request_id"],
+                config=GenerationConfig.from_dict(d.get("config") or {}),
+                submitted_at=float(d["submitted_at"]),
+                prompt=d.get("prompt"),
+                messages=d.get("messages"),
+                model=d.get("model"),
+                ttl_s=int(d.get("ttl_s", 3600)),
+                extra=dict(d.get("extra") or {}),
+            )
+        except KeyError as exc:
+            raise ValidationError(str(exc.args[0]), "missing from the task message") from None
+
+
+def check_messages(messages: object) -> list[dict[str, str]]:
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
+        raise ValidationError("messages", "must be a non-empty list of {role, content} maps")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or set(m) - {"role", "content", "name"} or "role" not in m or "content" not in m:
+            raise ValidationError(f"messages[{i}]", f"must be a map with role and content, got {m!r}")
+        if m["role"] not in _ROLES:
+            raise ValidationError(f"messages[{i}].role", f"must be one of {', '.join(_ROLES)}, got {m['role']!r}")
+        if not isinstance(m["content"], str):
+            raise ValidationError(f"messages[{i}].content", "must be a string")
+    return [dict(m) for m in messages]
