@@ -1,0 +1,1 @@
+"""tokenrelay workers: Celery adapter, decode engine, Redis publisher (imports torch lazily)."""

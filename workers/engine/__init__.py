@@ -1,0 +1,1 @@
+"""The decode engine: plain Python + torch; knows nothing of Celery or Redis."""
