@@ -93,7 +93,9 @@ FIELD_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Gener
 def check_known_fields(data: Mapping[str, Any]) -> None:
     for name in data:
         if name not in FIELD_NAMES:
-            raise ValidationError(str(name), f"unknown generation config field; known fields: {', '.join(sorted(FIELD_NAMES))}")
+            raise ValidationError(
+                str(name), f"unknown generation config field; known fields: {', '.join(sorted(FIELD_NAMES))}"
+            )
 
 
 def _is_int(value: object) -> bool:
@@ -137,7 +139,9 @@ def _validate(c: GenerationConfig) -> None:
         if not isinstance(s, str) or not s:
             raise ValidationError("stop", f"each stop string must be a non-empty string, got {s!r}")
     if not isinstance(c.stop_token_ids, tuple) or not all(_is_int(t) and t >= 0 for t in c.stop_token_ids):
-        raise ValidationError("stop_token_ids", f"must be a list of token ids (integers >= 0), got {c.stop_token_ids!r}")
+        raise ValidationError(
+            "stop_token_ids", f"must be a list of token ids (integers >= 0), got {c.stop_token_ids!r}"
+        )
     _bool("include_stop_str_in_output", c.include_stop_str_in_output)
     _bool("ignore_eos", c.ignore_eos)
     _int("n", c.n, 1, MAX_N)
@@ -148,4 +152,4 @@ def _validate(c: GenerationConfig) -> None:
     _bool("skip_special_tokens", c.skip_special_tokens)
 
 
-__all__ = ["FIELD_NAMES", "GenerationConfig", "MAX_N", "MAX_TOP_LOGPROBS", "check_known_fields"]
+__all__ = ["FIELD_NAMES", "MAX_N", "MAX_TOP_LOGPROBS", "GenerationConfig", "check_known_fields"]

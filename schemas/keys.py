@@ -39,9 +39,7 @@ def new_request_id() -> str:
 def check_request_id(request_id: object) -> str:
     """A caller-supplied id must be a short string that cannot break the hash tag."""
     if not isinstance(request_id, str) or not _ID_RE.match(request_id):
-        raise ValidationError(
-            "request_id", f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {request_id!r}"
-        )
+        raise ValidationError("request_id", f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {request_id!r}")
     return request_id
 
 

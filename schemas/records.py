@@ -211,7 +211,9 @@ def _token_logprob(x: dict[str, Any]) -> TokenLogprob:
         token=x["token"],
         bytes=list(x["bytes"]),
         logprob=float(x["logprob"]),
-        top_logprobs=[TopLogprob(t["token"], list(t["bytes"]), float(t["logprob"])) for t in x.get("top_logprobs") or []],
+        top_logprobs=[
+            TopLogprob(t["token"], list(t["bytes"]), float(t["logprob"])) for t in x.get("top_logprobs") or []
+        ],
     )
 
 

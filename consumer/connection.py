@@ -1,0 +1,26 @@
+"""Client set-up shared by both shells.  Password masking and error translation live in
+:mod:`schemas.redis_util` (shared with producer and workers); this adds what only a reader needs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from schemas.errors import ValidationError
+from schemas.redis_util import describe_url
+
+
+def describe(url: str | None, kwargs: Mapping[str, Any]) -> str:
+    """What error messages call the server: the masked URL, or for an injected client a
+    URL-like label built from its pool's connection kwargs (never the password)."""
+    if url:
+        return describe_url(url)
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+
+def check_binary(kwargs: Mapping[str, Any]) -> None:
+    """Records are msgpack bytes: a client that decodes responses to str would corrupt them."""
+    if kwargs.get("decode_responses"):
+        raise ValidationError("client", "the Redis client must be created with decode_responses=False")

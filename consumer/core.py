@@ -1,0 +1,226 @@
+"""The sans-IO reader: every decision about reading one request's stream, and no I/O.
+
+A shell loops::
+
+    while not isinstance(action := core.next_action(clock()), Done):
+        if isinstance(action, Probe):
+            core.on_probe(*<EXISTS deltas, EXISTS meta>)
+        else:
+            yield from core.on_reply(<XREAD {deltas: action.after} COUNT BLOCK>, clock())
+
+`next_action` raises the stream's outcome when there is one to raise (StreamTimeout,
+RequestNotFound, SchemaError, GenerationFailed); the records of a reply are always handed
+back before any error found in that reply, so a caller sees everything valid first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from consumer.result import Result, ResultBuilder
+from schemas import keys
+from schemas.config import MAX_N
+from schemas.errors import GenerationFailed, RequestNotFound, SchemaError, StreamTimeout, ValidationError
+from schemas.records import FIELD, Record, decode
+
+# A BLOCK near the socket timeout (redis-py 8.1 default 5 s; 10 s from schemas.redis_util.connect)
+# would look like a dead connection: stay far below it and loop instead.
+MAX_BLOCK_MS = 1000
+READ_COUNT = 512
+START = "0"
+_ENTRY_ID_RE = re.compile(r"^\d+(-\d+)?$")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Ask whether the request exists at all: EXISTS deltas, EXISTS meta (one round trip)."""
+
+
+@dataclass(frozen=True)
+class Read:
+    """XREAD BLOCK ``block_ms`` COUNT ``count`` STREAMS deltas ``after``."""
+
+    block_ms: int
+    count: int
+    after: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The stream ended cleanly: stop."""
+
+
+Action = Probe | Read | Done
+
+
+def check_after(after: object) -> str:
+    if not isinstance(after, str) or not _ENTRY_ID_RE.match(after):
+        raise ValidationError("after", f"must be a stream entry id such as '0' or '12-0', got {after!r}")
+    return after
+
+
+def check_timeout(timeout_s: object) -> float | None:
+    if timeout_s is None:
+        return None
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s >= 0:
+        raise ValidationError("timeout_s", f"must be a number of seconds >= 0 or None, got {timeout_s!r}")
+    return float(timeout_s)
+
+
+class ReaderCore:
+    """State of one read of one request: cursor, expected seq, idle deadline, outcome."""
+
+    def __init__(self, request_id: str, *, after: str = START, timeout_s: float | None = 30.0) -> None:
+        self.request_id = keys.check_request_id(request_id)
+        self.after = check_after(after)
+        self.timeout_s = check_timeout(timeout_s)
+        # From the start the first record must be seq 0; from a cursor, whatever comes first.
+        self._expected_seq: int | None = 0 if after in (START, "0-0") else None
+        self._deadline: float | None = None  # set on the first next_action: the shell's clock
+        self._needs_probe = True  # before the first read
+        self._idle = False  # the last read came back empty
+        self._ended = False  # the record with usage was seen
+        self._not_found = False
+        self._pending: Exception | None = None  # raised by next_action once records are handed out
+        self._builder = ResultBuilder()
+
+    # -- what to do next -------------------------------------------------------------------
+
+    def next_action(self, now: float) -> Action:
+        if self._pending is not None:
+            raise self._pending
+        if self._ended:
+            return self._finish()
+        if self._deadline is None:
+            self._deadline = self._deadline_from(now)
+        if self._needs_probe:
+            return Probe()
+        if self._idle and self._deadline is not None and now >= self._deadline:
+            raise StreamTimeout(self.request_id, self._timeout_message())
+        return Read(block_ms=self._block_ms(now), count=READ_COUNT, after=self.after)
+
+    def on_probe(self, deltas_exists: bool, meta_exists: bool) -> None:
+        self._needs_probe = False
+        if not deltas_exists and not meta_exists:
+            self._not_found = True
+            self._pending = RequestNotFound(
+                self.request_id, f"request {self.request_id} is unknown or has expired (no stream, no metadata)"
+            )
+
+    def on_reply(self, reply: Any, now: float) -> list[Record]:
+        """Feed a raw XREAD reply (RESP2 list or RESP3 map, None when nothing came)."""
+        return self.on_entries(entries_of(reply), now)
+
+    def on_entries(self, entries: Sequence[tuple[Any, Mapping[Any, Any]]], now: float) -> list[Record]:
+        """Feed ``(entry_id, fields)`` pairs; returns the valid records in order."""
+        if not entries:
+            self._idle = True
+            self._needs_probe = True  # an empty read may mean the keys expired meanwhile
+            return []
+        out: list[Record] = []
+        try:
+            for entry_id, fields in entries:
+                out.append(self._accept(_text(entry_id), fields))
+        except SchemaError as exc:
+            self._pending = exc
+        if out:
+            self._idle = False
+            self._deadline = self._deadline_from(now)
+        return out
+
+    # -- outcome ---------------------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        """The last record (with usage) was read: the stream is complete."""
+        return self._ended
+
+    @property
+    def should_cancel_on_exit(self) -> bool:
+        """Leaving early asks the worker to stop, unless the stream is complete or unknown."""
+        return not self._ended and not self._not_found
+
+    def result(self) -> Result:
+        """What was read so far (complete once `ended`)."""
+        return self._builder.build()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _accept(self, entry_id: str, fields: Mapping[Any, Any]) -> Record:
+        if self._ended:
+            raise SchemaError(f"entry {entry_id} follows the last record (the one with usage)")
+        record = decode(_field(fields, entry_id), entry_id)
+        self._check_seq(record)
+        if record.index >= MAX_N:
+            raise SchemaError(f"entry {entry_id}: choice index {record.index} is beyond the maximum n={MAX_N}")
+        self._expected_seq = record.seq + 1
+        self.after = entry_id
+        self._builder.add(record)
+        self._ended = record.is_last
+        return record
+
+    def _check_seq(self, record: Record) -> None:
+        expected = self._expected_seq
+        if expected is not None and record.seq != expected:
+            what = "repeated" if record.seq < expected else "skipped"
+            raise SchemaError(
+                f"request {self.request_id}: entry {record.entry_id} has seq {record.seq}, expected {expected} "
+                f"(a record was {what})"
+            )
+
+    def _finish(self) -> Done:
+        error = self._builder.error
+        if error is not None:
+            raise GenerationFailed(self.request_id, error.type, error.message, result=self.result())
+        return Done()
+
+    def _deadline_from(self, now: float) -> float | None:
+        return None if self.timeout_s is None else now + self.timeout_s
+
+    def _block_ms(self, now: float) -> int:
+        if self._deadline is None:
+            return MAX_BLOCK_MS
+        # Never 0: BLOCK 0 means "forever" to Redis.
+        remaining_ms = math.ceil((self._deadline - now) * 1000)
+        return max(1, min(MAX_BLOCK_MS, remaining_ms))
+
+    def _timeout_message(self) -> str:
+        return (
+            f"no record for request {self.request_id} within {self.timeout_s:g} s "
+            f"(waiting after entry {self.after}); the stream did not end"
+        )
+
+
+def entries_of(reply: Any) -> list[tuple[Any, Mapping[Any, Any]]]:
+    """The entries of a one-stream XREAD reply, whatever its protocol shape:
+    RESP2 ``[[key, [(id, fields), ...]]]``; RESP3 ``{key: [[(id, fields), ...]]}``."""
+    if not reply:
+        return []
+    streams: Iterable[Any] = reply.values() if isinstance(reply, Mapping) else (item[1] for item in reply)
+    out: list[tuple[Any, Mapping[Any, Any]]] = []
+    for entries in streams:
+        _flatten(entries, out)
+    return out
+
+
+def _flatten(items: Iterable[Any], out: list[tuple[Any, Mapping[Any, Any]]]) -> None:
+    for item in items:
+        if len(item) == 2 and isinstance(item[0], (bytes, str)) and isinstance(item[1], Mapping):
+            out.append((item[0], item[1]))
+        else:
+            _flatten(item, out)  # RESP3 nests the entry list once more
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _field(fields: Mapping[Any, Any], entry_id: str) -> bytes:
+    data = fields.get(FIELD.encode(), fields.get(FIELD))
+    if not isinstance(data, bytes):
+        raise SchemaError(f"entry {entry_id} has no bytes field {FIELD!r} (fields: {sorted(map(_text, fields))})")
+    return data

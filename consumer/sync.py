@@ -1,0 +1,84 @@
+"""`StreamReader`: the blocking shell around :class:`consumer.core.ReaderCore` (redis.Redis)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from types import TracebackType
+
+import redis
+
+from consumer.connection import check_binary, describe
+from consumer.core import START, Done, Probe, Read, ReaderCore
+from consumer.result import Result
+from schemas import keys, settings
+from schemas.records import Record
+from schemas.redis_util import connect, translate_redis_errors
+
+
+class StreamReader:
+    """Reads request streams with XREAD; see the `consumer` package docstring."""
+
+    def __init__(self, redis_url: str | None = None, *, client: redis.Redis | None = None) -> None:
+        self._owns_client = client is None  # an injected client belongs to the caller
+        if client is None:
+            redis_url = settings.redis_url(redis_url)
+            client = connect(redis_url)
+        self._client: redis.Redis = client
+        self.label = describe(redis_url, client.connection_pool.connection_kwargs)
+        check_binary(client.connection_pool.connection_kwargs)
+
+    def stream(
+        self, request_id: str, after: str = START, timeout_s: float | None = 30.0, cancel_on_exit: bool = False
+    ) -> Iterator[Record]:
+        """Yield the request's records from after entry id ``after`` until the last one."""
+        # Built here, not in the generator, so that a bad argument raises at the call.
+        core = ReaderCore(request_id, after=after, timeout_s=timeout_s)
+        return self._stream(core, cancel_on_exit)
+
+    def result(self, request_id: str, timeout_s: float | None = 30.0) -> Result:
+        """Read the whole request and return it folded per choice."""
+        core = ReaderCore(request_id, timeout_s=timeout_s)
+        for _ in self._stream(core, cancel_on_exit=False):
+            pass
+        return core.result()
+
+    def cancel(self, request_id: str) -> None:
+        """Ask the worker to stop the request (the key expires by itself)."""
+        with translate_redis_errors(self.label):
+            self._client.set(keys.cancel_key(keys.check_request_id(request_id)), "1", ex=settings.ttl_s())
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> StreamReader:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _stream(self, core: ReaderCore, cancel_on_exit: bool) -> Iterator[Record]:
+        # The only loop: every decision is the core's, this just performs the I/O it asks for.
+        try:
+            while not isinstance(action := core.next_action(time.monotonic()), Done):
+                if isinstance(action, Probe):
+                    core.on_probe(*self._probe(core.request_id))
+                else:
+                    yield from core.on_reply(self._read(core.request_id, action), time.monotonic())
+        finally:
+            if cancel_on_exit and core.should_cancel_on_exit:
+                self.cancel(core.request_id)
+
+    def _probe(self, request_id: str) -> tuple[bool, bool]:
+        with translate_redis_errors(self.label), self._client.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.deltas_key(request_id))
+            pipe.exists(keys.meta_key(request_id))
+            deltas, meta = pipe.execute()
+        return bool(deltas), bool(meta)
+
+    def _read(self, request_id: str, action: Read) -> object:
+        with translate_redis_errors(self.label):
+            return self._client.xread(
+                {keys.deltas_key(request_id): action.after}, count=action.count, block=action.block_ms
+            )

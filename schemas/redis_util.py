@@ -1,0 +1,43 @@
+"""Small redis-py helpers shared by producer, consumer and workers (imported lazily: the
+schemas package itself does not need redis-py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+
+from schemas.errors import RelayConnectionError
+
+# redis-py 8 defaults to a 5 s socket timeout with retries; XREAD BLOCK stays below it.
+SOCKET_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
+
+
+def describe_url(url: str) -> str:
+    """The URL with any password masked, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def connect_async(url: str) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S)
+
+
+@contextmanager
+def translate_redis_errors(url: str) -> Iterator[None]:
+    """redis-py's connection trouble becomes RelayConnectionError at the boundary."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RelayConnectionError(f"Redis at {describe_url(url)} is unreachable: {exc}") from exc

@@ -1,0 +1,108 @@
+"""The model, loaded once per worker process, and its two passes: prefill and decode.
+
+Device and dtype are chosen automatically: CUDA with bf16 (fp16 where bf16 is not
+supported) when a GPU is present, else CPU with fp32.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicCache
+
+from workers.engine.kv_cache import BatchCache
+from workers.engine.token_bytes import build_token_bytes
+
+
+def pick_device() -> tuple[torch.device, torch.dtype]:
+    forced = os.environ.get("TOKENRELAY_DEVICE")
+    device = torch.device(forced) if forced else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device, torch.float32
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    token_bytes: list[bytes]
+    device: torch.device
+    eos_token_ids: frozenset[int]
+    max_context: int
+
+
+def load_model(name: str, path: str) -> LoadedModel:
+    device, dtype = pick_device()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        token_bytes=build_token_bytes(tokenizer),
+        device=device,
+        eos_token_ids=_eos_ids(model, tokenizer),
+        max_context=int(getattr(model.config, "max_position_embeddings", 2048) or 2048),
+    )
+
+
+def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+class ModelRunner:
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.model = loaded.model
+        self.device = loaded.device
+        self.vocab_size = len(loaded.tokenizer)
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, BatchCache]:
+        """One pass over left-padded prompts: next-token logits (k, vocab) and their cache."""
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :], BatchCache(cache, mask, mask.sum(dim=1))
+
+    @torch.inference_mode()
+    def decode(self, cache: BatchCache, tokens: list[int]) -> torch.Tensor:
+        """One pass over one new token per row: next-token logits (rows, vocab)."""
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
+        mask = torch.cat([cache.mask, cache.mask.new_ones((cache.rows, 1))], dim=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=cache.positions.unsqueeze(1),
+            past_key_values=cache.as_hf_cache(),
+            use_cache=True,
+            cache_position=torch.tensor([cache.length], device=self.device),
+        )
+        cache.append_step()
+        return out.logits[:, -1, :]

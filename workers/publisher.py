@@ -1,0 +1,86 @@
+"""The sink: one Redis round trip per engine step.
+
+Every record of the step (XADD with its explicit id ``<seq+1>-0``), a TTL refresh for each
+touched request, and the cancel-key check of every active request go out in one pipeline.
+Records are never dropped: on a connection error the whole pipeline is sent again until
+Redis answers.  A resent XADD that Redis refuses as "not above the last id" was written by
+the first attempt; on a first attempt the same refusal means another worker owns the
+stream (a redelivered task) and this worker must stop writing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from schemas import keys
+from schemas.records import FIELD, Record, decode, encode
+from schemas.redis_util import describe_url
+
+log = logging.getLogger(__name__)
+Emission = tuple[str, Record]
+
+
+@dataclass
+class PublishResult:
+    cancelled: set[str] = field(default_factory=set)
+    conflicts: set[str] = field(default_factory=set)  # streams owned by another worker
+
+
+class StreamSink:
+    def __init__(self, client: redis.Redis, ttl_s: int, url: str = "", max_backoff_s: float = 5.0) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.url = url
+        self.max_backoff_s = max_backoff_s
+
+    def publish(self, emissions: Sequence[Emission], watch: Iterable[str] = ()) -> PublishResult:
+        watched = list(dict.fromkeys(watch))
+        if not emissions and not watched:
+            return PublishResult()
+        attempt = 0
+        while True:
+            try:
+                return self._send(emissions, watched, retry=attempt > 0)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                attempt += 1
+                delay = min(self.max_backoff_s, 0.05 * 2**attempt)
+                log.warning("Redis at %s unreachable (%s); retrying in %.2fs", describe_url(self.url), exc, delay)
+                time.sleep(delay)
+
+    def _send(self, emissions: Sequence[Emission], watched: list[str], retry: bool) -> PublishResult:
+        pipe = self.client.pipeline(transaction=False)
+        for rid, record in emissions:
+            pipe.xadd(keys.deltas_key(rid), {FIELD: encode(record)}, id=keys.entry_id_for(record.seq))
+        touched = list(dict.fromkeys(rid for rid, _r in emissions))
+        for rid in touched:
+            pipe.expire(keys.deltas_key(rid), self.ttl_s)
+            pipe.expire(keys.meta_key(rid), self.ttl_s)
+        for rid in watched:
+            pipe.exists(keys.cancel_key(rid))
+        replies = pipe.execute(raise_on_error=False)
+        result = PublishResult()
+        for (rid, _record), reply in zip(emissions, replies, strict=False):
+            if isinstance(reply, redis.ResponseError):
+                if not (retry and "equal or smaller" in str(reply)):
+                    log.warning("stream of %s refused a record (%s): another worker owns it", rid, reply)
+                    result.conflicts.add(rid)
+            elif isinstance(reply, Exception):
+                raise reply
+        checks = replies[len(emissions) + 2 * len(touched) :]
+        result.cancelled = {rid for rid, hit in zip(watched, checks, strict=True) if hit is True or hit == 1}
+        return result
+
+    def read_records(self, request_id: str) -> tuple[list[Record], bool]:
+        """Everything already in the request's stream, and whether it is being cancelled
+        (one round trip; used when a task starts, to resume a redelivered request)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xrange(keys.deltas_key(request_id))
+        pipe.exists(keys.cancel_key(request_id))
+        entries, cancelled = pipe.execute()
+        records = [decode(fields[FIELD.encode()], eid.decode()) for eid, fields in entries]
+        return records, bool(cancelled)
