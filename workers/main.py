@@ -41,6 +41,7 @@ class WorkerOptions:
     stream_interval: int = 1
     loglevel: str = "INFO"
     hostname: str | None = None
+    ready_file: str | None = None  # touched once the worker consumes (for launchers and tests)
 
 
 def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info) -> tuple[EngineRunner, str]:
@@ -62,11 +63,23 @@ def model_matcher(name: str) -> Callable[[str | None], bool]:
     return lambda requested: requested is None or requested in names
 
 
+def _touch_when_ready(path: str) -> None:
+    from celery.signals import worker_ready
+
+    def touch(**_kwargs: object) -> None:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+
+    worker_ready.connect(touch, weak=False)
+
+
 def run_worker(opts: WorkerOptions) -> None:
     logging.basicConfig(level=opts.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner, name = build_runner(opts)
     app = make_celery(opts.broker_url, opts.redis_url)
     register_generate_task(app, runner, model_matcher(name))
+    if opts.ready_file:
+        _touch_when_ready(opts.ready_file)
     limits = opts.limits or Limits()
     queues = opts.queues or [queue_for_model(name), DEFAULT_QUEUE]
     concurrency = opts.concurrency or limits.max_running

@@ -1,0 +1,1 @@
+"""The ``tokenrelay`` command line."""

