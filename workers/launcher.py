@@ -73,6 +73,7 @@ class WorkerProcess:
         if self.alive():
             self.proc.kill()
             self.proc.wait(10)
+        self._log.close()
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Warm shutdown (SIGTERM): Celery finishes its running tasks first."""

@@ -187,9 +187,12 @@ class Engine:
     ) -> list[int]:
         """Sample, detokenize and check every row; emit records; return the rows that go on."""
         now = time.time()
+        rows, logits = self._drop_broken_rows(rows, logits, out)
         sampled = sample(logits, [self._sampling(req, c) for req, c in rows])
         survivors: list[int] = []
         for i, ((req, choice), s) in enumerate(zip(rows, sampled, strict=True)):
+            if choice.finish_reason is not None:  # failed above: leaves the batch
+                continue
             if req.timings.first_token_at is None:
                 req.timings.first_token_at = now
             req.timings.last_token_at = now
@@ -202,6 +205,23 @@ class Engine:
             elif req.finished:
                 self.running.pop(req.request_id, None)
         return survivors
+
+    def _drop_broken_rows(
+        self, rows: Sequence[tuple[Request, Choice]], logits: torch.Tensor, out: list[Emission]
+    ) -> tuple[Sequence[tuple[Request, Choice]], torch.Tensor]:
+        """A request whose logits are not finite (NaN/inf from the model) fails alone; the
+        other rows of the batch go on.  Its rows stay in place (finished), so row indices
+        and the cache stay aligned until the survivors are kept."""
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        if all(finite):
+            return rows, logits
+        broken = {rows[i][0].request_id for i, ok in enumerate(finite) if not ok}
+        error = ErrorInfo("model_error", "the model produced non-finite logits (NaN or inf)")
+        for rid in broken:
+            req = self.running.pop(rid)
+            out.extend(self._end(req, req.unfinished(), "error", error))
+        # Give finished rows harmless logits so the batch can still be sampled in one go.
+        return rows, torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
 
     # -- records --------------------------------------------------------------------------
 

@@ -64,10 +64,19 @@ def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, warmup: bool = True) -> None:
         self.model = loaded.model
         self.device = loaded.device
         self.vocab_size = len(loaded.tokenizer)
+        if warmup:
+            self.warmup()
+
+    def warmup(self) -> None:
+        """The first forward passes pay one-off costs (kernel selection, allocator growth,
+        lazy initialisation: seconds on CPU); pay them at start-up, not in a user's TTFT."""
+        _, cache = self.prefill([[0, 1, 2, 3], [0, 1]])
+        for _ in range(2):
+            self.decode(cache, [0, 0])
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, BatchCache]:
