@@ -228,6 +228,10 @@ class Engine:
     def _emit(self, req: Request, choice: Choice, first: bool) -> list[Emission]:
         final = choice.finish_reason is not None
         choice.collect(final=final)
+        if choice.finish_reason == "length" and choice.detok.stopped:
+            # The final release can still complete a stop string (whole characters that were
+            # waiting behind an incomplete one): that choice stopped, it did not run out.
+            choice.finish_reason = "stop"
         due = final or not choice.emitted or self._steps % self.stream_interval == 0
         if not (due and (choice.has_output() or final)):
             return []
