@@ -9,6 +9,7 @@ import time
 import weakref
 from collections.abc import AsyncGenerator
 from types import TracebackType
+from typing import Any
 
 import redis.asyncio
 
@@ -104,13 +105,13 @@ class AsyncStreamReader:
             self._exits.discard(done)
             done.set_result(None)
 
-    async def _probe(self, request_id: str) -> tuple[bool, bool]:
+    async def _probe(self, request_id: str) -> tuple[list[tuple[Any, Any]], bool]:
         with translate_redis_errors(self.label):
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.exists(keys.deltas_key(request_id))
+                pipe.xrevrange(keys.deltas_key(request_id), count=1)
                 pipe.exists(keys.meta_key(request_id))
-                deltas, meta = await pipe.execute()
-        return bool(deltas), bool(meta)
+                last, meta = await pipe.execute()
+        return list(last), bool(meta)
 
     async def _read(self, request_id: str, action: Read) -> object:
         with translate_redis_errors(self.label):

@@ -4,7 +4,7 @@ A shell loops::
 
     while not isinstance(action := core.next_action(clock()), Done):
         if isinstance(action, Probe):
-            core.on_probe(*<EXISTS deltas, EXISTS meta>)
+            core.on_probe(*<XREVRANGE deltas + - COUNT 1, EXISTS meta>)
         else:
             yield from core.on_reply(<XREAD {deltas: action.after} COUNT BLOCK>, clock())
 
@@ -37,7 +37,8 @@ _ENTRY_ID_RE = re.compile(r"^\d+(-\d+)?$")
 
 @dataclass(frozen=True)
 class Probe:
-    """Ask whether the request exists at all: EXISTS deltas, EXISTS meta (one round trip)."""
+    """Ask whether the request exists and how its stream ends: XREVRANGE deltas + - COUNT 1
+    and EXISTS meta (one round trip)."""
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,29 @@ class ReaderCore:
             raise StreamTimeout(self.request_id, self._timeout_message())
         return Read(block_ms=self._block_ms(now), count=READ_COUNT, after=self.after)
 
-    def on_probe(self, deltas_exists: bool, meta_exists: bool) -> None:
+    def on_probe(self, last_entries: Sequence[tuple[Any, Mapping[Any, Any]]], meta_exists: bool) -> None:
+        """``last_entries``: the stream's last entry (empty when there is no stream)."""
         self._needs_probe = False
-        if not deltas_exists and not meta_exists:
+        if not last_entries and not meta_exists:
             self._not_found = True
             self._pending = RequestNotFound(
                 self.request_id, f"request {self.request_id} is unknown or has expired (no stream, no metadata)"
             )
+            return
+        if last_entries:
+            self._check_ended_before_cursor(*last_entries[-1])
+
+    def _check_ended_before_cursor(self, entry_id: Any, fields: Mapping[Any, Any]) -> None:
+        """A reader that resumes at or past the final record has nothing left to wait for:
+        without this it would wait for ``timeout_s`` and raise StreamTimeout."""
+        last_id = _text(entry_id)
+        if self.after in (START, "0-0") or _id_key(last_id) > _id_key(self.after):
+            return
+        record = decode(_field(fields, last_id), last_id)
+        if record.is_last:
+            self._ended = True
+            if record.error is not None:
+                self._pending = GenerationFailed(self.request_id, record.error.type, record.error.message)
 
     def on_reply(self, reply: Any, now: float) -> list[Record]:
         """Feed a raw XREAD reply (RESP2 list or RESP3 map, None when nothing came)."""
@@ -213,6 +230,11 @@ def _flatten(items: Iterable[Any], out: list[tuple[Any, Mapping[Any, Any]]]) -> 
             out.append((item[0], item[1]))
         else:
             _flatten(item, out)  # RESP3 nests the entry list once more
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _text(value: Any) -> str:

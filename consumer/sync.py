@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -70,12 +71,12 @@ class StreamReader:
             if cancel_on_exit and core.should_cancel_on_exit:
                 self.cancel(core.request_id)
 
-    def _probe(self, request_id: str) -> tuple[bool, bool]:
+    def _probe(self, request_id: str) -> tuple[list[tuple[Any, Any]], bool]:
         with translate_redis_errors(self.label), self._client.pipeline(transaction=False) as pipe:
-            pipe.exists(keys.deltas_key(request_id))
+            pipe.xrevrange(keys.deltas_key(request_id), count=1)
             pipe.exists(keys.meta_key(request_id))
-            deltas, meta = pipe.execute()
-        return bool(deltas), bool(meta)
+            last, meta = pipe.execute()
+        return list(last), bool(meta)
 
     def _read(self, request_id: str, action: Read) -> object:
         with translate_redis_errors(self.label):

@@ -40,10 +40,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def client() -> Iterator[redis.Redis]:
     c = redis.Redis.from_url(URL)
-    try:
-        c.ping()
-    except redis.exceptions.ConnectionError as exc:
-        pytest.skip(f"no Redis at {URL}: {exc}")
+    c.ping()  # the machine's Redis must be there: a missing server fails, it never skips
     yield c
     c.close()
 

@@ -35,10 +35,14 @@ def simple_stream(n: int = 3) -> list[Record]:
     return out
 
 
+# Any stream's last entry that is not the final record: the probe sees a running stream.
+MID = [(b"1-0", {b"r": encode(Record(seq=0, text="x", token_ids=[1]))})]
+
+
 def started(core: ReaderCore, now: float = 0.0, *, deltas: bool = True, meta: bool = True) -> Read:
     """Run the initial probe; return the first read."""
     assert core.next_action(now) == Probe()
-    core.on_probe(deltas, meta)
+    core.on_probe(MID if deltas else [], meta)
     action = core.next_action(now)
     assert isinstance(action, Read)
     return action
@@ -71,13 +75,13 @@ def test_empty_read_probes_again_then_times_out_at_the_deadline() -> None:
     started(core, now=10.0)
     assert core.on_entries([], now=11.0) == []
     assert core.next_action(11.0) == Probe()
-    core.on_probe(False, True)  # queued: meta only
+    core.on_probe([], True)  # queued: meta only
     # Block no longer than the time left, and never 0 (BLOCK 0 is "forever").
     assert core.next_action(11.5) == Read(block_ms=500, count=READ_COUNT, after="0")
     assert core.next_action(11.9999999) == Read(block_ms=1, count=READ_COUNT, after="0")
     core.on_entries([], now=12.0)
     assert core.next_action(12.0) == Probe()
-    core.on_probe(False, True)
+    core.on_probe([], True)
     with pytest.raises(StreamTimeout) as info:
         core.next_action(12.0)
     assert info.value.request_id == RID
@@ -90,7 +94,7 @@ def test_a_new_record_pushes_the_deadline_back() -> None:
     core.on_entries([entry(Record(seq=0, text="a"))], now=1.9)
     core.on_entries([], now=3.0)
     assert core.next_action(3.0) == Probe()
-    core.on_probe(True, True)
+    core.on_probe(MID, True)
     assert core.next_action(3.0) == Read(block_ms=900, count=READ_COUNT, after="1-0")
 
 
@@ -99,7 +103,7 @@ def test_timeout_zero_still_reads_once() -> None:
     assert started(core).block_ms == 1
     core.on_entries([], now=0.0)
     core.next_action(0.0)
-    core.on_probe(True, True)
+    core.on_probe(MID, True)
     with pytest.raises(StreamTimeout):
         core.next_action(0.0)
 
@@ -110,14 +114,14 @@ def test_no_timeout_waits_forever() -> None:
     for now in (1e3, 1e6, 1e9):
         core.on_entries([], now=now)
         assert core.next_action(now) == Probe()
-        core.on_probe(True, False)
+        core.on_probe(MID, False)
         assert core.next_action(now) == Read(block_ms=MAX_BLOCK_MS, count=READ_COUNT, after="0")
 
 
 def test_unknown_request_is_not_found() -> None:
     core = ReaderCore(RID)
     assert core.next_action(0.0) == Probe()
-    core.on_probe(False, False)
+    core.on_probe([], False)
     with pytest.raises(RequestNotFound) as info:
         core.next_action(0.0)
     assert isinstance(info.value, LookupError)
@@ -130,7 +134,7 @@ def test_request_that_expires_mid_stream_is_not_found() -> None:
     assert len(core.on_entries([entry(Record(seq=0, text="a"))], now=0.1)) == 1
     core.on_entries([], now=1.1)
     assert core.next_action(1.1) == Probe()
-    core.on_probe(False, False)
+    core.on_probe([], False)
     with pytest.raises(RequestNotFound):
         core.next_action(1.1)
 
@@ -310,3 +314,29 @@ def test_bad_arguments_are_validation_errors(kwargs: dict[str, Any], field: str)
 def test_bad_request_id_is_a_validation_error() -> None:
     with pytest.raises(ValidationError):
         ReaderCore("bad}id")
+
+
+def test_resuming_at_the_final_record_ends_at_once() -> None:
+    records = simple_stream(3)
+    final = entry(records[-1])
+    core = ReaderCore(RID, after=final[0].decode())
+    assert core.next_action(0.0) == Probe()
+    core.on_probe([final], True)
+    assert core.next_action(0.0) == Done()  # no wait for timeout_s, no StreamTimeout
+
+
+def test_resuming_past_a_failed_final_record_raises() -> None:
+    failed = Record(seq=1, finish_reason="error", usage=USAGE, error=ErrorInfo("model_error", "boom"))
+    core = ReaderCore(RID, after="2-0")
+    core.next_action(0.0)
+    core.on_probe([entry(failed)], True)
+    with pytest.raises(GenerationFailed, match="boom"):
+        core.next_action(0.0)
+
+
+def test_resuming_before_the_final_record_still_reads_it() -> None:
+    records = simple_stream(3)
+    core = ReaderCore(RID, after="1-0")
+    core.next_action(0.0)
+    core.on_probe([entry(records[-1])], True)
+    assert isinstance(core.next_action(0.0), Read)
