@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("worker", parents=[common], help="start a Celery worker that serves one model")
     p.add_argument("--model", help="model name, folder or HF id (default: TOKENRELAY_MODEL or SmolLM2-135M-Instruct)")
-    p.add_argument("--queue", "-Q", action="append", help="queue(s) to consume (default: the model's queue and 'tokenrelay')")
+    p.add_argument(
+        "--queue", "-Q", action="append", help="queue(s) to consume (default: the model's queue and 'tokenrelay')"
+    )
     p.add_argument("--concurrency", "-c", type=int, help="requests held at once (default: --max-running)")
     p.add_argument("--max-running", type=int, default=16, help="requests decoded together in one batch")
     p.add_argument("--max-batch-rows", type=int, default=64, help="rows (choices) in the decode batch")
@@ -29,9 +31,16 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(args.max_running, args.max_batch_rows, args.max_batch_tokens, args.max_queued)
     run_worker(
         WorkerOptions(
-            model=args.model, queues=queues, concurrency=args.concurrency, redis_url=args.redis_url,
-            broker_url=args.broker_url, limits=limits, stream_interval=args.stream_interval,
-            loglevel=args.loglevel, hostname=args.hostname, ready_file=args.ready_file,
+            model=args.model,
+            queues=queues,
+            concurrency=args.concurrency,
+            redis_url=args.redis_url,
+            broker_url=args.broker_url,
+            limits=limits,
+            stream_interval=args.stream_interval,
+            loglevel=args.loglevel,
+            hostname=args.hostname,
+            ready_file=args.ready_file,
         )
     )
     return 0

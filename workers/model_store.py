@@ -69,7 +69,7 @@ def ensure_smollm2(progress: Callable[[str], None] = lambda _msg: None) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # The weights are de-quantized to fp32 by now; drop the GGUF quantizer so that
         # save_pretrained writes plain safetensors.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010 - typed as non-optional upstream
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

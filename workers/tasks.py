@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def register_generate_task(app: Celery, runner: EngineRunner, serves: Callable[[str | None], bool]) -> Any:
-    @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)
     def generate(payload: dict[str, Any]) -> str:
         return handle_job(payload, runner, serves)
 

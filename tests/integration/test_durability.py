@@ -26,8 +26,12 @@ VISIBILITY_S = "4"
 def _worker(url: str, model: Path) -> WorkerProcess:
     # One slot and a slow-ish stream interval are not needed: the tiny model is fast, so the
     # request is long (ignore_eos, many tokens) to be killed while running.
-    return WorkerProcess(redis_url=url, model=str(model), env={"TOKENRELAY_VISIBILITY_TIMEOUT_S": VISIBILITY_S},
-                         extra_args=["--concurrency", "2"])
+    return WorkerProcess(
+        redis_url=url,
+        model=str(model),
+        env={"TOKENRELAY_VISIBILITY_TIMEOUT_S": VISIBILITY_S},
+        extra_args=["--concurrency", "2"],
+    )
 
 
 def test_killed_worker_resumes_without_loss_or_repeat(server_factory: object, tiny_model_dir: Path) -> None:

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def broken_stack(server_factory: object, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Producer, StreamReader]]:
+def broken_stack(
+    server_factory: object, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Producer, StreamReader]]:
     model = build_broken_model(tiny_model_dir, tmp_path_factory.mktemp("broken") / "model")
     url = server_factory()  # type: ignore[operator]
     with WorkerProcess(redis_url=url, model=str(model), extra_args=["--concurrency", "4"]).wait_ready():

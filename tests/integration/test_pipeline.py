@@ -28,9 +28,14 @@ def test_greedy_tokens_equal_in_process_generate(smol_stack: Stack, smollm2_dir:
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
     ids = tok.encode(prompt)
     with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=32, do_sample=False, pad_token_id=tok.eos_token_id)
-    reference = out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=32,
+            do_sample=False,
+            pad_token_id=tok.eos_token_id,
+        )
+    reference = out[0, len(ids) :].tolist()
     assert streamed == reference
     assert "".join(r.text for r in records) == tok.decode(reference, skip_special_tokens=True)
     assert records[-1].finish_reason == "length" and records[-1].usage is not None

@@ -303,16 +303,16 @@ class Engine:
             if req.request_id == rid:
                 self.waiting.remove(req)
                 return req
-        req = self.running.pop(rid, None)
-        if req is not None:
-            keep = [i for i, (r, _c) in enumerate(self.rows) if r is not req]
+        running = self.running.pop(rid, None)
+        if running is not None:
+            keep = [i for i, (r, _c) in enumerate(self.rows) if r is not running]
             if len(keep) < len(self.rows):
                 self.rows = [self.rows[i] for i in keep]
                 if self.rows and self.cache is not None:
                     self.cache.keep(keep)
                 else:
                     self.cache = None
-        return req
+        return running
 
     def _sampling(self, req: Request, choice: Choice) -> RowSampling:
         cfg = req.config

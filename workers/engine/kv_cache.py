@@ -36,27 +36,29 @@ class GrowableLayer(DynamicLayer):
         self._expose()
 
     def _expose(self) -> None:
-        self.keys = self._k[:, :, : self._len]
-        self.values = self._v[:, :, : self._len]
+        # Views of the filled part; ``keys``/``values`` are what transformers reads.
+        self.k_view = self._k[:, :, : self._len]
+        self.v_view = self._v[:, :, : self._len]
+        self.keys, self.values = self.k_view, self.v_view
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = key_states.shape[-2]
         if self._len + n > self._k.shape[2]:
-            self._set(self.keys, self.values, spare=max(_GROW, n))
+            self._set(self.k_view, self.v_view, spare=max(_GROW, n))
         self._k[:, :, self._len : self._len + n] = key_states
         self._v[:, :, self._len : self._len + n] = value_states
         self._len += n
         self._expose()
-        return self.keys, self.values
+        return self.k_view, self.v_view
 
     def get_seq_length(self) -> int:
         return self._len
 
     def reshape(self, rows: torch.Tensor | None, left_pad: int, trim: int) -> None:
         """Keep ``rows`` (None = all), then drop ``trim`` leading columns and add ``left_pad``."""
-        k, v = self.keys, self.values
+        k, v = self.k_view, self.v_view
         if rows is not None:
             k, v = k.index_select(0, rows), v.index_select(0, rows)
         k, v = k[:, :, trim:], v[:, :, trim:]
@@ -70,7 +72,7 @@ class BatchCache:
     """Keys/values of every layer for the running rows, plus their mask and positions."""
 
     def __init__(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor) -> None:
-        self.layers = [GrowableLayer(layer.keys, layer.values) for layer in cache.layers]
+        self.layers = [GrowableLayer(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr,arg-type]
         self.mask = mask  # (rows, T) long, 1 = real token
         self.positions = positions  # (rows,) long: position id of each row's next token
 
@@ -108,7 +110,7 @@ class BatchCache:
         for mine, theirs in zip(self.layers, other.layers, strict=True):
             mine.reshape(None, t - self.length, 0)
             theirs.reshape(None, t - other.length, 0)
-            mine._set(torch.cat([mine.keys, theirs.keys]), torch.cat([mine.values, theirs.values]))
+            mine._set(torch.cat([mine.k_view, theirs.k_view]), torch.cat([mine.v_view, theirs.v_view]))
         pad = torch.nn.functional.pad
         self.mask = torch.cat([pad(self.mask, (t - self.length, 0)), pad(other.mask, (t - other.length, 0))])
         self.positions = torch.cat([self.positions, other.positions])

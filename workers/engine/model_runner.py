@@ -40,7 +40,8 @@ class LoadedModel:
 def load_model(name: str, path: str) -> LoadedModel:
     device, dtype = pick_device()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = model.to(device).eval()
     return LoadedModel(
         name=name,
         model=model,
