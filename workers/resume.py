@@ -4,7 +4,8 @@ The stream says what was published: per choice its token ids and, if it ended, i
 reason; the next ``seq``.  The new worker replays the published tokens through a fresh
 detokenizer and skips what was already sent (text and ids).  Tokens held back by the dead
 worker (split characters, possible stop strings) were never published, so they are
-generated again; with a seed the sampler draws exactly what it would have drawn (its draws depend only on seed, choice and position).
+generated again; with a seed the sampler draws exactly what it would have drawn (its
+draws depend only on seed, choice and position).
 """
 
 from __future__ import annotations
