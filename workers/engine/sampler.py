@@ -86,4 +86,7 @@ def _with_logprobs(token: int, dist: torch.Tensor, top_n: int) -> Sampled:
     if top_n == 0:
         return Sampled(token, chosen, [])
     values, ids = torch.topk(logp, top_n)
-    return Sampled(token, chosen, list(zip(ids.tolist(), values.tolist(), strict=True)))
+    # Alternatives that top-k / top-p ruled out have logprob -inf: they could not have been
+    # drawn, so they are not listed (and -inf has no JSON spelling).
+    top = [(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v != float("-inf")]
+    return Sampled(token, chosen, top)
