@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.add_argument("--max-batch-tokens", type=int, default=2048, help="prompt tokens in one prefill pass")
     p.add_argument("--max-queued", type=int, default=256, help="requests waiting inside the engine")
     p.add_argument("--stream-interval", type=int, default=1, help="publish every N steps (first token never waits)")
+    p.add_argument("--threads", type=int, help="torch threads (default: TOKENRELAY_TORCH_THREADS or all cores)")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--hostname", help="Celery node name")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             loglevel=args.loglevel,
             hostname=args.hostname,
             ready_file=args.ready_file,
+            threads=args.threads,
         )
     )
     return 0

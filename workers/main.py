@@ -42,9 +42,15 @@ class WorkerOptions:
     loglevel: str = "INFO"
     hostname: str | None = None
     ready_file: str | None = None  # touched once the worker consumes (for launchers and tests)
+    threads: int | None = None  # torch intra-op threads (default: torch's choice, all cores)
 
 
 def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info) -> tuple[EngineRunner, str]:
+    threads = opts.threads or int(os.environ.get("TOKENRELAY_TORCH_THREADS", "0") or 0)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     name = model_name(opts.model)
     path = resolve_model_dir(name, progress)
     progress(f"loading {name} from {path}")

@@ -52,7 +52,9 @@ def _stack(url: str, model: str, extra: list[str]) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def tiny_stack(server_factory: object, tiny_model_dir: Path) -> Iterator[Stack]:
     """A worker serving the tiny random model (fast; full of split UTF-8)."""
-    yield from _stack(server_factory(), str(tiny_model_dir), ["--concurrency", "8", "--max-running", "8"])  # type: ignore[operator]
+    yield from _stack(
+        server_factory(), str(tiny_model_dir), ["--concurrency", "8", "--max-running", "8", "--threads", "1"]
+    )  # type: ignore[operator]
 
 
 @pytest.fixture(scope="session")

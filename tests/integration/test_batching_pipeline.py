@@ -39,7 +39,7 @@ def test_worker_reserves_no_more_than_it_runs(server_factory: object, tiny_model
     url = server_factory()  # type: ignore[operator]
     producer, reader = Producer(url), StreamReader(url)
     broker = redis.Redis.from_url(url)
-    extra = ["--concurrency", "2", "--max-running", "2"]
+    extra = ["--concurrency", "2", "--max-running", "2", "--threads", "1"]
     with WorkerProcess(redis_url=url, model=str(tiny_model_dir), extra_args=extra).wait_ready():
         rids = [producer.submit(f"long {i}", max_tokens=500, ignore_eos=True) for i in range(6)]
         deadline = time.monotonic() + 30

@@ -36,7 +36,11 @@ def url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def worker(url: str, tiny_model_dir: Path) -> Iterator[WorkerProcess]:
     proc = WorkerProcess(
-        redis_url=url, broker_url=url, model=str(tiny_model_dir), extra_args=["--concurrency", "4"], env=CLEAN_ENV
+        redis_url=url,
+        broker_url=url,
+        model=str(tiny_model_dir),
+        extra_args=["--concurrency", "4", "--threads", "1"],
+        env=CLEAN_ENV,
     )
     with proc:
         proc.wait_ready(180)
@@ -61,16 +65,18 @@ def test_generate_prints_text(url: str, worker: WorkerProcess) -> None:
 
 
 def test_generate_chat_with_several_choices(url: str, worker: WorkerProcess) -> None:
-    proc = cli(url, "generate", "Hi", "--system", "Be brief.", "-n", "2", "--max-tokens", "6", "--ignore-eos",
-               "--seed", "1")
+    proc = cli(
+        url, "generate", "Hi", "--system", "Be brief.", "-n", "2", "--max-tokens", "6", "--ignore-eos", "--seed", "1"
+    )
     assert proc.returncode == 0, explain(proc, worker)
     assert proc.stdout.startswith("system: Be brief.\nuser: Hi\nassistant: [0] "), explain(proc, worker)
     assert "\n[1] " in proc.stdout
 
 
 def test_generate_json_lines(url: str, worker: WorkerProcess) -> None:
-    proc = cli(url, "generate", "Hello", "--max-tokens", "8", "--ignore-eos", "--json", "--logprobs",
-               "--top-logprobs", "2")
+    proc = cli(
+        url, "generate", "Hello", "--max-tokens", "8", "--ignore-eos", "--json", "--logprobs", "--top-logprobs", "2"
+    )
     assert proc.returncode == 0, explain(proc, worker)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["seq"] for r in lines] == list(range(len(lines)))
@@ -119,8 +125,19 @@ def test_cancel_ends_tail_with_cancelled(url: str, worker: WorkerProcess) -> Non
 
 
 def test_ctrl_c_cancels_generate(url: str, worker: WorkerProcess) -> None:
-    cmd = [sys.executable, "-m", "cli", "generate", "Talk", "--max-tokens", "5000", "--ignore-eos", "--json",
-           "--redis-url", url]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "generate",
+        "Talk",
+        "--max-tokens",
+        "5000",
+        "--ignore-eos",
+        "--json",
+        "--redis-url",
+        url,
+    ]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN_ENV) as gen:
         assert gen.stdout is not None
         cursor = json.loads(gen.stdout.readline())["entry_id"]  # streaming has begun
@@ -155,7 +172,10 @@ def test_demo_end_to_end() -> None:
     """The real thing: embedded server, SmolLM2, worker, producer, reader; nothing else running."""
     proc = subprocess.run(
         [sys.executable, "-m", "cli", "demo", "--max-tokens", "16"],
-        capture_output=True, text=True, timeout=280, env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=CLEAN_ENV,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     reply = proc.stdout.split("assistant: ", 1)[1]

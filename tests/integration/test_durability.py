@@ -30,7 +30,7 @@ def _worker(url: str, model: Path) -> WorkerProcess:
         redis_url=url,
         model=str(model),
         env={"TOKENRELAY_VISIBILITY_TIMEOUT_S": VISIBILITY_S},
-        extra_args=["--concurrency", "2"],
+        extra_args=["--concurrency", "2", "--threads", "1"],
     )
 
 

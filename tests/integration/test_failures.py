@@ -21,7 +21,9 @@ def broken_stack(
 ) -> Iterator[tuple[Producer, StreamReader]]:
     model = build_broken_model(tiny_model_dir, tmp_path_factory.mktemp("broken") / "model")
     url = server_factory()  # type: ignore[operator]
-    with WorkerProcess(redis_url=url, model=str(model), extra_args=["--concurrency", "4"]).wait_ready():
+    with WorkerProcess(
+        redis_url=url, model=str(model), extra_args=["--concurrency", "4", "--threads", "1"]
+    ).wait_ready():
         producer, reader = Producer(url), StreamReader(url)
         yield producer, reader
         producer.close()

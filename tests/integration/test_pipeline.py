@@ -104,7 +104,7 @@ def test_cancel_while_queued_never_decodes(server_factory: object, tiny_model_di
     producer, reader = Producer(url), StreamReader(url)
     rid = producer.submit("never runs", max_tokens=50)
     producer.cancel(rid)
-    with WorkerProcess(redis_url=url, model=str(tiny_model_dir)).wait_ready():
+    with WorkerProcess(redis_url=url, model=str(tiny_model_dir), extra_args=["--threads", "1"]).wait_ready():
         records = list(reader.stream(rid, timeout_s=60))
     assert len(records) == 1
     assert records[0].finish_reason == "cancelled"

@@ -20,7 +20,7 @@ def test_pipeline_with_rabbitmq_broker(server_factory: object, tiny_model_dir: P
     url = server_factory()  # type: ignore[operator]
     queue = f"tokenrelay-test-{uuid.uuid4().hex[:8]}"  # never shared with another run's workers
     with WorkerProcess(
-        redis_url=url, broker_url=AMQP, model=str(tiny_model_dir), extra_args=["--queue", queue]
+        redis_url=url, broker_url=AMQP, model=str(tiny_model_dir), extra_args=["--queue", queue, "--threads", "1"]
     ).wait_ready():
         producer, reader = Producer(url, AMQP), StreamReader(url)
         rid = producer.submit("over amqp", max_tokens=12, ignore_eos=True, queue=queue)

@@ -82,7 +82,7 @@ def second_tiny_stack(server_factory: Any, tiny_model_dir: Path) -> Iterator[Sta
     from consumer import StreamReader
 
     url = server_factory()
-    worker = WorkerProcess(redis_url=url, model=str(tiny_model_dir)).wait_ready()
+    worker = WorkerProcess(redis_url=url, model=str(tiny_model_dir), extra_args=["--threads", "1"]).wait_ready()
     producer, reader = Producer(url), StreamReader(url)
     try:
         yield Stack(url, worker, producer, reader)
