@@ -240,3 +240,23 @@ def test_invalid_byte_then_cut_character_keeps_only_the_invalid_one(tiny: Any) -
     ids = [*encode(tiny, "ab"), byte_token(tiny, b"\x97"), byte_token(tiny, b"\xe6")]
     assert tiny.decode(ids) == "ab" + REPLACEMENT * 2
     assert joined(stream(tiny, ids)[0]) == "ab" + REPLACEMENT
+
+
+def test_stop_is_seen_at_the_token_that_completes_it_even_mid_character(tiny: Any) -> None:
+    """A token whose bytes are whole characters plus the start of another: a stop string in
+    the whole part must stop decoding at that token, not one token later."""
+    table = build_token_bytes(tiny)
+    for token_id, raw in enumerate(table):  # noqa: B007 - the match is used after the loop
+        try:
+            head = codecs.getincrementaldecoder("utf-8")("strict").decode(raw, final=False)
+        except UnicodeDecodeError:
+            continue
+        if head and len(head.encode()) < len(raw):
+            break
+    else:
+        pytest.fail("the tiny vocabulary has no token of whole characters plus a partial one")
+    detok = IncrementalDetokenizer(tiny, [], stop=[head[-1]])
+    detok.push(token_id)
+    assert detok.stopped
+    text, count = detok.release(final=True)
+    assert text == head[:-1] and count == 1

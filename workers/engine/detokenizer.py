@@ -17,8 +17,10 @@ the raw token bytes tell it apart from a character cut short.
 
 *Stop strings.*  Decoded, unreleased text is searched for the stop strings; only the new text
 and the last ``len(stop) - 1`` characters before it can hold a new match, so nothing is searched
-twice.  The match that wins is the one that ends first, as streaming character by character would
-meet it; among those, the one that starts first.  Text is then cut before the match (or after it,
+twice.  A token that ends inside a character still has its whole characters searched (without
+committing them), so decoding stops at the token that completes the match.  The match that wins
+is the one that ends first, as streaming character by character would meet it; among those, the
+one that starts first.  Text is then cut before the match (or after it,
 with ``include_stop_str_in_output``) and :attr:`stopped` turns true; later pushes are ignored.
 Until then :meth:`release` holds back the longest suffix of the unreleased text that is a prefix
 of some stop string, since the next token could complete it.  Released text is never searched
@@ -93,6 +95,10 @@ class IncrementalDetokenizer:
             self._prefix_offset = self._read_offset
             self._read_offset = len(self._ids)
             self._add_text(new_text[len(prefix_text) :])
+        elif self._stops:
+            # The token ends inside a character, but the whole characters before it may
+            # already complete a stop string: stop now, not one token later.
+            self._peek_stop(new_text[len(prefix_text) :].rstrip(REPLACEMENT))
 
     def release(self, final: bool = False) -> tuple[str, int]:
         """Text now safe to stream, and how many of the oldest uncounted tokens it releases.
@@ -160,15 +166,35 @@ class IncrementalDetokenizer:
             self._find_stop(old_len)
 
     def _find_stop(self, old_len: int) -> None:
-        best: tuple[int, int] | None = None  # (end, start) of the winning match
+        match = self._match(self._pending, old_len)
+        if match is not None:
+            self._cut_at(match)
+
+    def _peek_stop(self, visible: str) -> None:
+        """Look for a match in text that is not committed yet (its last token is part of a
+        character); on a match, commit the text up to the cut and stop."""
+        if not visible:
+            return
+        match = self._match(self._pending + visible, len(self._pending))
+        if match is not None:
+            self._pending += visible
+            self._token_ends.append((self._released + len(self._pending), self._waiting))
+            self._waiting = 0
+            self._cut_at(match)
+
+    def _match(self, text: str, old_len: int) -> tuple[int, int] | None:
+        """(end, start) of the winning match that ends after ``old_len``, if any."""
+        best: tuple[int, int] | None = None
         for stop in self._stops:
-            start = self._pending.find(stop, max(0, old_len - len(stop) + 1))
+            start = text.find(stop, max(0, old_len - len(stop) + 1))
             if start >= 0 and (best is None or (start + len(stop), start) < best):
                 best = (start + len(stop), start)
-        if best is not None:
-            end, start = best
-            self._pending = self._pending[: end if self._include_stop else start]
-            self._stopped = True
+        return best
+
+    def _cut_at(self, match: tuple[int, int]) -> None:
+        end, start = match
+        self._pending = self._pending[: end if self._include_stop else start]
+        self._stopped = True
 
     def _held_back(self) -> int:
         """Length of the longest suffix of the unreleased text that could begin a stop string."""
