@@ -35,22 +35,25 @@ def test_concurrent_greedy_requests_equal_solo_runs(tiny_stack: Stack) -> None:
     assert together == solo
 
 
-def test_worker_reserves_no_more_than_it_runs(server_factory: object, tiny_model_dir: Path) -> None:
+def test_worker_reserves_no_more_than_it_runs(server_factory: object, smollm2_dir: Path) -> None:
+    # SmolLM2, not the tiny model: its requests must outlive the observation (the tiny
+    # model would finish 500 tokens in about a second and take the next ones).
     url = server_factory()  # type: ignore[operator]
     producer, reader = Producer(url), StreamReader(url)
     broker = redis.Redis.from_url(url)
-    extra = ["--concurrency", "2", "--max-running", "2", "--threads", "1"]
-    with WorkerProcess(redis_url=url, model=str(tiny_model_dir), extra_args=extra).wait_ready():
-        rids = [producer.submit(f"long {i}", max_tokens=500, ignore_eos=True) for i in range(6)]
+    extra = ["--concurrency", "2", "--max-running", "2"]
+    with WorkerProcess(redis_url=url, extra_args=extra).wait_ready():
+        rids = [producer.submit(f"long {i}", max_tokens=2000, ignore_eos=True) for i in range(6)]
         deadline = time.monotonic() + 30
         while broker.llen(DEFAULT_QUEUE) > 4 and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(1.0)  # give a greedy prefetcher time to take more
+        time.sleep(1.5)  # give a greedy prefetcher time to take more
         assert broker.llen(DEFAULT_QUEUE) == 4  # two taken, four still on the broker
         for rid in rids:
             producer.cancel(rid)
         results = [reader.result(rid, timeout_s=60) for rid in rids]
     assert all(r.finish_reasons == ["cancelled"] for r in results)
+    assert sum(r.usage.completion_tokens for r in results if r.usage) < 400  # cancelled long before the end
     producer.close()
     reader.close()
     broker.close()
