@@ -7,6 +7,10 @@
 - The Redis transport redelivers an unacknowledged task after ``visibility_timeout``; it must
   exceed the longest generation, or a live request gets a second owner.  Redelivery is
   harmless for correctness (explicit stream ids fence the second writer) but wastes work.
+- kombu looks for such expired messages only every ``unacked_restore_interval`` x
+  ``unacked_restore_throttle`` seconds (100 s by default), so a dead worker's task could wait
+  that long on top of the visibility timeout; the sweep here runs every few seconds (one
+  cheap ZRANGE per worker), a quarter of the timeout at most.
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> 
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
-        broker_transport_options={"visibility_timeout": visibility, "max_retries": 3},
+        broker_transport_options={
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": max(1, min(10, visibility // 4)),
+            "unacked_restore_throttle": 1,
+            "max_retries": 3,
+        },
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
