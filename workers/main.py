@@ -46,20 +46,24 @@ class WorkerOptions:
 
 
 def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info) -> tuple[EngineRunner, str]:
-    threads = opts.threads or int(os.environ.get("TOKENRELAY_TORCH_THREADS", "0") or 0)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    """Start the engine thread; it loads the model (see workers/runner.py for why there)."""
     name = model_name(opts.model)
-    path = resolve_model_dir(name, progress)
-    progress(f"loading {name} from {path}")
-    loaded = load_model(name, path)
-    progress(f"model ready on {loaded.device} ({next(loaded.model.parameters()).dtype})")
-    engine = Engine(loaded, opts.limits or Limits(), opts.stream_interval)
     url = redis_url(opts.redis_url)
+
+    def build_engine() -> Engine:
+        threads = opts.threads or int(os.environ.get("TOKENRELAY_TORCH_THREADS", "0") or 0)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)  # per thread in OpenMP: set it on the engine thread
+        path = resolve_model_dir(name, progress)
+        progress(f"loading {name} from {path}")
+        loaded = load_model(name, path)
+        progress(f"model ready on {loaded.device} ({next(loaded.model.parameters()).dtype})")
+        return Engine(loaded, opts.limits or Limits(), opts.stream_interval)
+
     sink = StreamSink(connect(url), ttl_s(), url)
-    return EngineRunner(engine, sink).start(), name
+    return EngineRunner(build_engine, sink).start(), name
 
 
 def model_matcher(name: str) -> Callable[[str | None], bool]:

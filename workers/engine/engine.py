@@ -160,7 +160,7 @@ class Engine:
         for req in joined:
             req.timings.admitted_at, req.timings.prefill_s = started, elapsed
             self.running[req.request_id] = req
-        survivors = self._advance(rows, logits, out, first=True)
+        survivors = self._advance(rows, logits, out)
         cache.keep(survivors)
         if survivors:
             if self.cache is None:
@@ -174,7 +174,7 @@ class Engine:
         logits = self.runner.decode(self.cache, [c.last_token for _r, c in self.rows])
         for req in {id(r): r for r, _c in self.rows}.values():
             req.timings.decode_steps += 1
-        survivors = self._advance(self.rows, logits, out, first=False)
+        survivors = self._advance(self.rows, logits, out)
         if len(survivors) < len(self.rows):
             self.rows = [self.rows[i] for i in survivors]
             if self.rows:
@@ -182,12 +182,10 @@ class Engine:
             else:
                 self.cache = None
 
-    def _advance(
-        self, rows: Sequence[tuple[Request, Choice]], logits: torch.Tensor, out: list[Emission], first: bool
-    ) -> list[int]:
+    def _advance(self, rows: Sequence[tuple[Request, Choice]], logits: torch.Tensor, out: list[Emission]) -> list[int]:
         """Sample, detokenize and check every row; emit records; return the rows that go on."""
         now = time.time()
-        rows, logits = self._drop_broken_rows(rows, logits, out)
+        logits = self._fail_broken_rows(rows, logits, out)
         sampled = sample(logits, [self._sampling(req, c) for req, c in rows])
         survivors: list[int] = []
         for i, ((req, choice), s) in enumerate(zip(rows, sampled, strict=True)):
@@ -199,33 +197,33 @@ class Engine:
             is_stop = self._is_stop_token(req, s.token_id)
             choice.accept(s.token_id, self._logprob(req, s), is_stop_token=is_stop)
             choice.finish_reason = "stop" if is_stop or choice.detok.stopped else self._length_reason(req, choice)
-            out.extend(self._emit(req, choice, first))
+            out.extend(self._emit(req, choice))
             if choice.finish_reason is None:
                 survivors.append(i)
             elif req.finished:
                 self.running.pop(req.request_id, None)
         return survivors
 
-    def _drop_broken_rows(
+    def _fail_broken_rows(
         self, rows: Sequence[tuple[Request, Choice]], logits: torch.Tensor, out: list[Emission]
-    ) -> tuple[Sequence[tuple[Request, Choice]], torch.Tensor]:
+    ) -> torch.Tensor:
         """A request whose logits are not finite (NaN/inf from the model) fails alone; the
         other rows of the batch go on.  Its rows stay in place (finished), so row indices
         and the cache stay aligned until the survivors are kept."""
         finite = torch.isfinite(logits).all(dim=-1).tolist()
         if all(finite):
-            return rows, logits
+            return logits
         broken = {rows[i][0].request_id for i, ok in enumerate(finite) if not ok}
         error = ErrorInfo("model_error", "the model produced non-finite logits (NaN or inf)")
         for rid in broken:
             req = self.running.pop(rid)
             out.extend(self._end(req, req.unfinished(), "error", error))
         # Give finished rows harmless logits so the batch can still be sampled in one go.
-        return rows, torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
+        return torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
 
     # -- records --------------------------------------------------------------------------
 
-    def _emit(self, req: Request, choice: Choice, first: bool) -> list[Emission]:
+    def _emit(self, req: Request, choice: Choice) -> list[Emission]:
         final = choice.finish_reason is not None
         choice.collect(final=final)
         if choice.finish_reason == "length" and choice.detok.stopped:
