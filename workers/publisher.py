@@ -66,7 +66,7 @@ class StreamSink:
         result = PublishResult()
         for (rid, _record), reply in zip(emissions, replies, strict=False):
             if isinstance(reply, redis.ResponseError):
-                if not (retry and "equal or smaller" in str(reply)):
+                if not (retry and "equal or smaller" in str(reply)) and rid not in result.conflicts:
                     log.warning("stream of %s refused a record (%s): another worker owns it", rid, reply)
                     result.conflicts.add(rid)
             elif isinstance(reply, Exception):
