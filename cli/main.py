@@ -1,4 +1,4 @@
-"""``tokenrelay``: demo, worker, generate, submit, tail, cancel."""
+"""tokenrelay: stream LLM generations through a message queue (demo, worker, generate, submit, tail, cancel)."""
 
 from __future__ import annotations
 
