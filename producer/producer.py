@@ -70,7 +70,10 @@ class Producer:
         )
         self._register(job)
         try:
-            self._app.send_task(TASK_NAME, args=[job.to_dict()], queue=queue or queue_for_model(model))
+            # argsrepr: Celery would otherwise saferepr() the whole job for its logs (~1 ms).
+            self._app.send_task(
+                TASK_NAME, args=[job.to_dict()], queue=queue or queue_for_model(model), argsrepr=f"[job {rid}]"
+            )
         except Exception as exc:  # kombu raises many types; all mean "not enqueued"
             self._redis.delete(keys.meta_key(rid))
             raise RelayConnectionError(f"could not enqueue request {rid}: {exc}") from exc
