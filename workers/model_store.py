@@ -61,7 +61,9 @@ def ensure_smollm2(progress: Callable[[str], None] = lambda _msg: None) -> Path:
     gguf = smollm2_gguf()
     progress(f"converting {gguf.name} to safetensors in {target} (first run only)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the caller shows its own progress; bars would garble it
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:

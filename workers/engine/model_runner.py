@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache
+from transformers.utils import logging as hf_logging
 
 from workers.engine.kv_cache import BatchCache
 from workers.engine.token_bytes import build_token_bytes
@@ -38,6 +39,7 @@ class LoadedModel:
 
 
 def load_model(name: str, path: str) -> LoadedModel:
+    hf_logging.disable_progress_bar()  # one log line says the model is ready; no bars in worker logs
     device, dtype = pick_device()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
