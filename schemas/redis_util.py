@@ -18,12 +18,15 @@ CONNECT_TIMEOUT_S = 5.0
 
 
 def describe_url(url: str) -> str:
-    """The URL with any password masked, for messages and logs."""
+    """The URL with any password masked (in the netloc or a ``password=`` query parameter),
+    for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    if "password=" in parts.query:
+        query = "&".join("password=***" if q.startswith("password=") else q for q in parts.query.split("&"))
+        parts = parts._replace(query=query)
+    return urlunsplit(parts)
 
 
 def connect(url: str) -> redis.Redis:

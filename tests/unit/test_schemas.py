@@ -143,3 +143,18 @@ def test_garbage_and_unknown_versions_are_refused(data: bytes) -> None:
 def test_decode_never_raises_anything_but_schema_error(data: bytes) -> None:
     with contextlib.suppress(SchemaError):
         decode(data)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("rediss://user:s3cret@host:6380/1", "rediss://user:***@host:6380/1"),
+        ("redis://host:6379/0?password=s3cret&db=2", "redis://host:6379/0?password=***&db=2"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_passwords_never_appear_in_messages(url: str, shown: str) -> None:
+    from schemas.redis_util import describe_url
+
+    assert describe_url(url) == shown
