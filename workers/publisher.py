@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis
 
@@ -23,6 +24,7 @@ from schemas.redis_util import describe_url
 
 log = logging.getLogger(__name__)
 Emission = tuple[str, Record]
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,10 +44,15 @@ class StreamSink:
         watched = list(dict.fromkeys(watch))
         if not emissions and not watched:
             return PublishResult()
+        return self._until_sent(lambda attempt: self._send(emissions, watched, retry=attempt > 0))
+
+    def _until_sent(self, call: Callable[[int], T]) -> T:
+        """Run ``call(attempt)`` until Redis answers: a worker waits out an outage rather than
+        drop records or a request."""
         attempt = 0
         while True:
             try:
-                return self._send(emissions, watched, retry=attempt > 0)
+                return call(attempt)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 attempt += 1
                 delay = min(self.max_backoff_s, 0.05 * 2**attempt)
@@ -78,9 +85,13 @@ class StreamSink:
     def read_records(self, request_id: str) -> tuple[list[Record], bool]:
         """Everything already in the request's stream, and whether it is being cancelled
         (one round trip; used when a task starts, to resume a redelivered request)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xrange(keys.deltas_key(request_id))
-        pipe.exists(keys.cancel_key(request_id))
-        entries, cancelled = pipe.execute()
+        def read(_attempt: int) -> tuple[list[tuple[bytes, dict[bytes, bytes]]], int]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xrange(keys.deltas_key(request_id))
+            pipe.exists(keys.cancel_key(request_id))
+            entries, cancelled = pipe.execute()
+            return entries, cancelled
+
+        entries, cancelled = self._until_sent(read)
         records = [decode(fields[FIELD.encode()], eid.decode()) for eid, fields in entries]
         return records, bool(cancelled)
