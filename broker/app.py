@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 
 from celery import Celery
 
@@ -50,4 +51,8 @@ def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> 
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
+    if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
+        # Celery refuses a rediss:// broker without an explicit certificate policy; verify
+        # certificates unless the URL says otherwise (?ssl_cert_reqs=...).
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return app

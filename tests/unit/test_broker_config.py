@@ -1,0 +1,28 @@
+"""The Celery configuration every producer and worker shares."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from broker.app import make_celery
+
+
+def test_json_only_acks_late_prefetch_one() -> None:
+    conf = make_celery("redis://127.0.0.1:6379/0").conf
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+
+
+def test_expired_tasks_are_swept_soon_after_the_visibility_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENRELAY_VISIBILITY_TIMEOUT_S", "8")
+    options = make_celery("redis://127.0.0.1:6379/0").conf.broker_transport_options
+    assert options["visibility_timeout"] == 8
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 2
+
+
+def test_tls_broker_verifies_certificates() -> None:
+    assert make_celery("rediss://:pw@redis.example:6380/0").conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert not make_celery("redis://127.0.0.1:6379/0").conf.broker_use_ssl
