@@ -10,9 +10,11 @@ groups), so any number of readers may follow one request, from the start or from
 Every decision lives in one sans-IO state machine, :class:`consumer.core.ReaderCore`
 (the h11 pattern); the two readers only perform the I/O it asks for:
 
-- ``Probe``: EXISTS deltas + EXISTS meta in one round trip, before the first read and after
-  every empty read.  Neither key → :class:`RequestNotFound` (unknown, or expired meanwhile).
-  The meta key tells a queued request (no records yet) from an unknown one.
+- ``Probe``: the stream's last entry (XREVRANGE COUNT 1) + EXISTS meta in one round trip,
+  before the first read and after every empty read.  Neither → :class:`RequestNotFound`
+  (unknown, or expired meanwhile).  The meta key tells a queued request (no records yet) from
+  an unknown one; a last entry that is the final record at or before the cursor means a
+  reader resuming after the end is done at once.
 - ``Read``: XREAD BLOCK of at most 1 s (redis-py's socket timeout is 5 s) COUNT 512 after the
   cursor.  Records are decoded (:class:`SchemaError` on garbage or an unknown version) and
   their ``seq`` must run 0, 1, 2, ... without gap or repeat (from a cursor: from the first seen).
