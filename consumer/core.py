@@ -241,8 +241,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_FIELD_BYTES = FIELD.encode()
+
+
 def _field(fields: Mapping[Any, Any], entry_id: str) -> bytes:
-    data = fields.get(FIELD.encode(), fields.get(FIELD))
+    data = fields.get(_FIELD_BYTES)
+    if data is None:
+        data = fields.get(FIELD)
     if not isinstance(data, bytes):
         raise SchemaError(f"entry {entry_id} has no bytes field {FIELD!r} (fields: {sorted(map(_text, fields))})")
     return data
