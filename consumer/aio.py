@@ -60,7 +60,8 @@ class AsyncStreamReader:
     async def cancel(self, request_id: str) -> None:
         """Ask the worker to stop the request (the key expires by itself)."""
         with translate_redis_errors(self.label):
-            await self._client.set(keys.cancel_key(keys.check_request_id(request_id)), "1", ex=settings.ttl_s())
+            key, value, ttl = keys.cancel_set_args(request_id, settings.ttl_s())
+            await self._client.set(key, value, ex=ttl)
 
     async def aclose(self) -> None:
         for gen in list(self._open):

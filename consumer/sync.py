@@ -47,7 +47,8 @@ class StreamReader:
     def cancel(self, request_id: str) -> None:
         """Ask the worker to stop the request (the key expires by itself)."""
         with translate_redis_errors(self.label):
-            self._client.set(keys.cancel_key(keys.check_request_id(request_id)), "1", ex=settings.ttl_s())
+            key, value, ttl = keys.cancel_set_args(request_id, settings.ttl_s())
+            self._client.set(key, value, ex=ttl)
 
     def close(self) -> None:
         if self._owns_client:

@@ -82,7 +82,8 @@ class Producer:
     def cancel(self, request_id: str) -> None:
         """Ask the worker to stop the request (queued or running); idempotent."""
         with translate_redis_errors(self.redis_url):
-            self._redis.set(keys.cancel_key(keys.check_request_id(request_id)), b"1", ex=self.ttl_s)
+            key, value, ttl = keys.cancel_set_args(request_id, self.ttl_s)
+            self._redis.set(key, value, ex=ttl)
 
     def close(self) -> None:
         self._redis.close()

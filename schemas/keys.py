@@ -31,6 +31,15 @@ def meta_key(request_id: str) -> str:
     return f"{PREFIX}:{{{request_id}}}:meta"
 
 
+CANCEL_VALUE = b"1"
+
+
+def cancel_set_args(request_id: str, ttl_s: int) -> tuple[str, bytes, int]:
+    """``SET key value EX ttl`` arguments that ask the worker to stop a request; the one
+    spelling shared by the producer and both readers (the key expires by itself)."""
+    return cancel_key(check_request_id(request_id)), CANCEL_VALUE, ttl_s
+
+
 def new_request_id() -> str:
     """128 random bits, URL-safe: unguessable, so a request id works as a bearer capability."""
     return secrets.token_hex(16)
