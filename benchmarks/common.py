@@ -11,9 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from consumer import StreamReader
-from producer import Producer
-from workers.launcher import WorkerProcess
+from workers.launcher import Stack, start_stack
 
 # Default worker for scenarios 1-4: 16 decoding at once; 64 Celery slots so that scenario 4's
 # burst waits inside the engine's FCFS queue rather than in the broker.
@@ -48,26 +46,6 @@ class Row:
 
 
 @dataclass
-class Stack:
-    url: str
-    worker: WorkerProcess
-    producer: Producer
-    reader: StreamReader
-
-    def stop(self) -> None:
-        self.producer.close()
-        self.reader.close()
-        self.worker.stop()
-
-
-def start_stack(
-    url: str, extra_args: Sequence[str], env: dict[str, str] | None = None, ttl_s: int | None = None
-) -> Stack:
-    worker = WorkerProcess(redis_url=url, extra_args=list(extra_args), env=env).wait_ready()
-    return Stack(url, worker, Producer(url, ttl_s=ttl_s), StreamReader(url))
-
-
-@dataclass
 class Context:
     """What scenarios share: the server, the main worker (lazy) and the reference model (lazy)."""
 
@@ -78,7 +56,7 @@ class Context:
 
     def stack(self) -> Stack:
         if self._stack is None:
-            self._stack = start_stack(self.url, MAIN_WORKER_ARGS)
+            self._stack = start_stack(self.url, extra_args=MAIN_WORKER_ARGS)
         return self._stack
 
     def ref(self) -> Any:

@@ -10,11 +10,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from benchmarks.common import Context, Row, median, ms, start_stack
+from benchmarks.common import Context, Row, median, ms
 from benchmarks.prompts import story_prompt
 from benchmarks.timing import afollow, run_one, submit
 from consumer import AsyncStreamReader
 from producer import Producer
+from workers.launcher import start_stack
 
 NAME = "6 cancel"
 WORKER_ARGS = ["--max-running", "2", "--concurrency", "4"]
@@ -33,7 +34,7 @@ class Trial:
 def run(ctx: Context) -> list[Row]:
     trials_n = 1 if ctx.quick else 3
     ctx.stop_worker()
-    stack = start_stack(ctx.url, WORKER_ARGS)
+    stack = start_stack(ctx.url, extra_args=WORKER_ARGS)
     try:
         run_one(stack.producer, stack.reader, "Hi", max_tokens=2)  # warm-up
         trials = [asyncio.run(_trial(stack.producer, stack.url)) for _ in range(trials_n)]

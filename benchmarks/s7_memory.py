@@ -9,12 +9,13 @@ import time
 import psutil
 import redis
 
-from benchmarks.common import Context, Row, Stack, start_stack
+from benchmarks.common import Context, Row
 from benchmarks.timing import afollow, submit
 from cli.embedded import embedded_redis
 from consumer import AsyncStreamReader
 from producer import Producer
 from schemas.redis_util import connect
+from workers.launcher import Stack, start_stack
 
 NAME = "7 memory"
 TTL_S = 5
@@ -29,7 +30,7 @@ def run(ctx: Context) -> list[Row]:
     requests = 64 if ctx.quick else 1000
     ctx.stop_worker()
     with embedded_redis() as url:
-        stack = start_stack(url, WORKER_ARGS, env={"TOKENRELAY_TTL_S": str(TTL_S)}, ttl_s=TTL_S)
+        stack = start_stack(url, extra_args=WORKER_ARGS, env={"TOKENRELAY_TTL_S": str(TTL_S)}, ttl_s=TTL_S)
         try:
             return _measure(stack, requests)
         finally:

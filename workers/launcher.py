@@ -12,7 +12,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from consumer import AsyncStreamReader, StreamReader
+from producer import Producer
 
 
 class WorkerStartError(RuntimeError):
@@ -90,3 +94,32 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class Stack:
+    """A ready worker on one server, with a producer and a reader for it (tests, benchmarks)."""
+
+    url: str
+    worker: WorkerProcess
+    producer: Producer
+    reader: StreamReader
+
+    def async_reader(self) -> AsyncStreamReader:
+        return AsyncStreamReader(self.url)
+
+    def stop(self) -> None:
+        self.producer.close()
+        self.reader.close()
+        self.worker.stop()
+
+
+def start_stack(
+    url: str,
+    model: str | None = None,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    ttl_s: int | None = None,
+) -> Stack:
+    worker = WorkerProcess(redis_url=url, model=model, extra_args=extra_args, env=env).wait_ready()
+    return Stack(url, worker, Producer(url, ttl_s=ttl_s), StreamReader(url))

@@ -8,26 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cli.embedded import embedded_redis
-from consumer import AsyncStreamReader, StreamReader
-from producer import Producer
-from workers.launcher import WorkerProcess
-
-
-@dataclass
-class Stack:
-    url: str
-    worker: WorkerProcess
-    producer: Producer
-    reader: StreamReader
-
-    def async_reader(self) -> AsyncStreamReader:
-        return AsyncStreamReader(self.url)
+from workers.launcher import Stack, start_stack
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +25,11 @@ def server_factory() -> Iterator[object]:
 
 
 def stack_of(url: str, model: str, extra: list[str]) -> Iterator[Stack]:
-    worker = WorkerProcess(redis_url=url, model=model, extra_args=extra).wait_ready()
-    producer, reader = Producer(url), StreamReader(url)
+    stack = start_stack(url, model, extra)
     try:
-        yield Stack(url, worker, producer, reader)
+        yield stack
     finally:
-        producer.close()
-        reader.close()
-        worker.stop()
+        stack.stop()
 
 
 @pytest.fixture(scope="session")
