@@ -31,6 +31,29 @@ def meta_key(request_id: str) -> str:
     return f"{PREFIX}:{{{request_id}}}:meta"
 
 
+def lease_key(request_id: str) -> str:
+    """``<worker id>/<attempt>`` of the worker that decodes the request, with a TTL of the lease
+    (a few seconds, renewed every engine step).  It is the write fence: a worker publishes
+    only while the key holds its own value (see workers/lease.py)."""
+    return f"{PREFIX}:{{{request_id}}}:lease"
+
+
+# Global keys (not per request).  In Redis Cluster each lives on the one slot of its name;
+# they are touched once per engine step per worker (leases) or once per heartbeat, never per
+# record, so that slot does not become a hot spot.
+LEASES_KEY = f"{PREFIX}:leases"
+"""Sorted set: request id -> lease expiry (unix ms) of every request a worker holds.  Live
+workers look here for expired leases of unfinished requests and take them over."""
+
+WORKERS_KEY = f"{PREFIX}:workers"
+"""Sorted set: worker id -> last heartbeat (unix ms)."""
+
+
+def worker_key(worker_id: str) -> str:
+    """A worker's heartbeat hash (`schemas.workers.WorkerInfo`), with a TTL of a few beats."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
 CANCEL_VALUE = b"1"
 
 
