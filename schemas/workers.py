@@ -43,7 +43,7 @@ class WorkerInfo:
     def from_mapping(cls, raw: Mapping[Any, Any]) -> WorkerInfo:
         """From HGETALL's reply (bytes or str keys).  Unknown fields are ignored: a newer
         worker may publish more."""
-        d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+        d = {_text(k): _text(v) for k, v in raw.items()}
         kwargs: dict[str, Any] = {}
         for name, f in cls.__dataclass_fields__.items():
             if name not in d:
@@ -53,3 +53,7 @@ class WorkerInfo:
 
     def serves(self, model: str | None) -> bool:
         return model is None or model == self.model or model in self.aliases
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
