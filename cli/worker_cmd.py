@@ -6,7 +6,12 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("worker", parents=[common], help="start a Celery worker that serves one model")
+    p = sub.add_parser(
+        "worker",
+        parents=[common],
+        help="start a Celery worker that serves one model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", help="model name, folder or HF id (default: TOKENRELAY_MODEL or SmolLM2-135M-Instruct)")
     p.add_argument(
         "--queue", "-Q", action="append", help="queue(s) to consume (default: the model's queue and 'tokenrelay')"
@@ -18,31 +23,66 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.add_argument("--max-queued", type=int, default=256, help="requests waiting inside the engine")
     p.add_argument("--stream-interval", type=int, default=1, help="publish every N steps (first token never waits)")
     p.add_argument("--threads", type=int, help="torch threads (default: TOKENRELAY_TORCH_THREADS or all cores)")
-    p.add_argument("--loglevel", default="INFO")
-    p.add_argument("--hostname", help="Celery node name")
+    p.add_argument(
+        "--grace-s",
+        type=float,
+        default=30.0,
+        help="warm shutdown (SIGTERM/SIGINT): finish held requests for this long, then hand the rest to other workers",
+    )
+    p.add_argument(
+        "--lease-s",
+        type=float,
+        default=5.0,
+        help="a held request is taken over by a live worker this long after its "
+        "worker stops renewing its lease (death, freeze); renewed every engine step",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="a request whose workers keep dying is ended with an error "
+        "(too_many_attempts) when claimed more often than this",
+    )
+    p.add_argument("--loglevel", default="INFO", help="Celery and tokenrelay log level")
+    p.add_argument("--hostname", help="Celery node name and lease owner id (default: tokenrelay-PID-RANDOM@HOST)")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cli.render import note
+    from schemas.errors import RelayConnectionError
     from workers.engine.scheduler import Limits
     from workers.main import WorkerOptions, run_worker
 
+    for flag in ("grace_s", "lease_s"):
+        if getattr(args, flag) <= 0:
+            note(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+            return 2
+    if args.max_attempts < 1:
+        note(f"--max-attempts must be >= 1, got {args.max_attempts}")
+        return 2
+
     queues = [q for item in (args.queue or []) for q in item.split(",") if q] or None
-    limits = Limits(args.max_running, args.max_batch_rows, args.max_batch_tokens, args.max_queued)
-    run_worker(
-        WorkerOptions(
-            model=args.model,
-            queues=queues,
-            concurrency=args.concurrency,
-            redis_url=args.redis_url,
-            broker_url=args.broker_url,
-            limits=limits,
-            stream_interval=args.stream_interval,
-            loglevel=args.loglevel,
-            hostname=args.hostname,
-            ready_file=args.ready_file,
-            threads=args.threads,
-        )
+    opts = WorkerOptions(
+        model=args.model,
+        queues=queues,
+        concurrency=args.concurrency,
+        redis_url=args.redis_url,
+        broker_url=args.broker_url,
+        limits=Limits(args.max_running, args.max_batch_rows, args.max_batch_tokens, args.max_queued),
+        stream_interval=args.stream_interval,
+        loglevel=args.loglevel,
+        hostname=args.hostname,
+        ready_file=args.ready_file,
+        threads=args.threads,
+        lease_s=args.lease_s,
+        grace_s=args.grace_s,
+        max_attempts=args.max_attempts,
     )
+    try:
+        run_worker(opts)
+    except RelayConnectionError as exc:
+        note(f"tokenrelay worker: {exc}")
+        return 3
     return 0

@@ -11,6 +11,9 @@ redis-py, kombu or Celery are translated at the boundary into one of these::
         ├── StreamTimeout    (also TimeoutError)   no record arrived within timeout_s
         ├── RequestNotFound  (also LookupError)    unknown or expired request id
         └── GenerationFailed                       the request ended with finish_reason="error"
+    └── WorkerError                                inside a worker process
+        ├── EngineFull       (also RuntimeError)   the engine's queue is full (max_queued)
+        └── WorkerStartError (also RuntimeError)   a worker process could not start
 """
 
 from __future__ import annotations
@@ -63,3 +66,15 @@ class GenerationFailed(StreamError):
         self.error_message = error_message
         self.result = result
         super().__init__(request_id, f"request {request_id} failed: {error_type}: {error_message}")
+
+
+class WorkerError(TokenRelayError):
+    """Something inside a worker process."""
+
+
+class EngineFull(WorkerError, RuntimeError):
+    """More requests waiting than ``max_queued``; try again later."""
+
+
+class WorkerStartError(WorkerError, RuntimeError):
+    """A worker process exited or did not become ready."""

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from consumer import AsyncStreamReader, StreamReader
 from producer import Producer
+from schemas.errors import WorkerStartError
 
-
-class WorkerStartError(RuntimeError):
-    pass
+__all__ = ["Stack", "WorkerProcess", "WorkerStartError", "start_stack"]
 
 
 class WorkerProcess:
@@ -38,13 +37,14 @@ class WorkerProcess:
         self._dir = tempfile.mkdtemp(prefix="tokenrelay-worker-")
         self.ready_file = os.path.join(self._dir, "ready")
         self.log_path = Path(log_path or os.path.join(self._dir, "worker.log"))
-        args = [sys.executable, "-m", "cli", "worker", "--redis-url", redis_url, "--ready-file", self.ready_file]
-        if broker_url:
-            args += ["--broker-url", broker_url]
+        # URLs travel in the environment, never on the command line: a password there would
+        # show in `ps` to every user of the machine.
+        args = [sys.executable, "-m", "cli", "worker", "--ready-file", self.ready_file]
+        urls = {"TOKENRELAY_REDIS_URL": redis_url, "TOKENRELAY_BROKER_URL": broker_url or redis_url}
         if model:
             args += ["--model", model]
         args += list(extra_args)
-        child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **urls, **(env or {})}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env)
 
@@ -78,6 +78,10 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Warm shutdown (SIGTERM): Celery finishes its running tasks first."""

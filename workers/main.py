@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis
+
 from broker.app import make_celery
+from schemas.errors import RelayConnectionError
 from schemas.job import DEFAULT_QUEUE, queue_for_model
-from schemas.redis_util import connect
+from schemas.redis_util import connect, describe_url
 from schemas.settings import model_name, redis_url, ttl_s
+from schemas.workers import WorkerInfo
 from workers.engine.engine import Engine
 from workers.engine.model_runner import load_model
 from workers.engine.scheduler import Limits
+from workers.heartbeat import Heartbeat
 from workers.model_store import SMOLLM2_ALIASES, resolve_model_dir
 from workers.publisher import StreamSink
 from workers.runner import EngineRunner
@@ -43,6 +50,10 @@ class WorkerOptions:
     hostname: str | None = None
     ready_file: str | None = None  # touched once the worker consumes (for launchers and tests)
     threads: int | None = None  # torch intra-op threads (default: torch's choice, all cores)
+    worker_id: str | None = None  # the lease owner and Celery node name (default: from pid and host)
+    lease_s: float = 5.0  # a held request is taken over this long after its worker stopped renewing
+    grace_s: float = 30.0  # warm shutdown: finish held requests for this long, then hand them off
+    max_attempts: int = 3  # a request claimed more often than this ends with too_many_attempts
 
 
 def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info) -> tuple[EngineRunner, str]:
@@ -62,14 +73,26 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
         progress(f"model ready on {loaded.device} ({next(loaded.model.parameters()).dtype})")
         return Engine(loaded, opts.limits or Limits(), opts.stream_interval)
 
-    sink = StreamSink(connect(url), ttl_s(), url)
-    return EngineRunner(build_engine, sink).start(), name
+    client = connect(url)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RelayConnectionError(f"Redis at {describe_url(url)} is unreachable: {exc}") from exc
+    worker_id = opts.worker_id or f"tokenrelay-{os.getpid()}@{socket.gethostname()}"
+    sink = StreamSink(client, ttl_s(), url, worker_id=worker_id, lease_s=opts.lease_s)
+    runner = EngineRunner(build_engine, sink, serves=model_matcher(name), max_attempts=opts.max_attempts)
+    return runner.start(), name
 
 
-def model_matcher(name: str) -> Callable[[str | None], bool]:
+def model_aliases(name: str) -> set[str]:
     names = {name, os.path.basename(name.rstrip("/"))}
     if name in SMOLLM2_ALIASES:
         names |= SMOLLM2_ALIASES
+    return names
+
+
+def model_matcher(name: str) -> Callable[[str | None], bool]:
+    names = model_aliases(name)
     return lambda requested: requested is None or requested in names
 
 
@@ -83,30 +106,57 @@ def _touch_when_ready(path: str) -> None:
     worker_ready.connect(touch, weak=False)
 
 
+def _drain_on_shutdown(runner: EngineRunner, grace_s: float) -> None:
+    """Celery's warm shutdown (SIGTERM, first SIGINT) stops taking messages and waits for the
+    running tasks; the runner finishes them within ``grace_s`` and hands the rest off."""
+    from celery.signals import worker_shutting_down
+
+    def drain(**_kwargs: object) -> None:
+        runner.drain(grace_s)
+
+    worker_shutting_down.connect(drain, weak=False)
+
+
 def run_worker(opts: WorkerOptions) -> None:
     logging.basicConfig(level=opts.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker_id = (
+        opts.worker_id or opts.hostname or f"tokenrelay-{os.getpid()}-{secrets.token_hex(3)}@{socket.gethostname()}"
+    )
+    opts.worker_id = worker_id
     runner, name = build_runner(opts)
     app = make_celery(opts.broker_url, opts.redis_url)
-    register_generate_task(app, runner, model_matcher(name))
+    register_generate_task(app, runner)
     if opts.ready_file:
         _touch_when_ready(opts.ready_file)
+    _drain_on_shutdown(runner, opts.grace_s)
     limits = opts.limits or Limits()
     queues = opts.queues or [queue_for_model(name), DEFAULT_QUEUE]
     concurrency = opts.concurrency or limits.max_running
-    hostname = opts.hostname or f"tokenrelay-{os.getpid()}@{socket.gethostname()}"
+    info = WorkerInfo(
+        worker_id=worker_id,
+        model=name,
+        aliases=sorted(model_aliases(name) - {name}),
+        queues=queues,
+        capacity=limits.max_running,
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        started_at=time.time(),
+    )
+    heartbeat = Heartbeat(runner.sink, runner, info).start()
     argv = [
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency}",
         f"--queues={','.join(queues)}",
         f"--loglevel={opts.loglevel}",
-        f"--hostname={hostname}",
+        f"--hostname={worker_id}",
         "--without-gossip",
         "--without-mingle",
     ]
-    log.info("serving %s on queues %s with %d slots", name, ",".join(queues), concurrency)
+    log.info("serving %s on queues %s with %d slots as %s", name, ",".join(queues), concurrency, worker_id)
     sys.stdout.flush()
     try:
         app.worker_main(argv=argv)
     finally:
+        heartbeat.stop()
         runner.stop()

@@ -1,51 +1,206 @@
-"""The sink: one Redis round trip per engine step.
+"""The sink: the worker's Redis I/O, planned by `workers.lifecycle` and fenced by leases.
 
-Every record of the step (XADD with its explicit id ``<seq+1>-0``), a TTL refresh for each
-touched request, and the cancel-key check of every active request go out in one pipeline.
-Records are never dropped: on a connection error the whole pipeline is sent again until
-Redis answers.  A resent XADD that Redis refuses as "not above the last id" was written by
-the first attempt; on a first attempt the same refusal means another worker owns the
-stream (a redelivered task) and this worker must stop writing it.
+One round trip per engine step: one publish script per held request (its records, lease
+renewal, TTLs and cancel check; see workers/lease.py) plus one ZADD of the lease index.
+Nothing is dropped on a connection error: the same round trip is sent again until Redis
+answers (the scripts make a resend idempotent).  A script the server does not know
+(NOSCRIPT, e.g. after a restart) is loaded and the round trip sent again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import hiredis
 import redis
 
 from schemas import keys
-from schemas.records import FIELD, Record, decode, encode
+from schemas.errors import SchemaError
+from schemas.records import FIELD, Record, decode
 from schemas.redis_util import describe_url
+from schemas.workers import HEARTBEAT_TTL_S, WorkerInfo
+from workers.lease import SCRIPTS
+from workers.lifecycle import ClaimReply, PublishCall, StepOutcome, WriteBook
 
 log = logging.getLogger(__name__)
 Emission = tuple[str, Record]
 T = TypeVar("T")
+_SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
+
+_TRANSIENT = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+)
+PublishResult = StepOutcome  # the name earlier versions used
 
 
-@dataclass
-class PublishResult:
-    cancelled: set[str] = field(default_factory=set)
-    conflicts: set[str] = field(default_factory=set)  # streams owned by another worker
+@dataclass(frozen=True)
+class StreamState:
+    """What a request's stream holds when a worker starts it."""
+
+    records: list[Record] | SchemaError
+    last_id: str  # "0-0" when empty
+    cancelled: bool
 
 
 class StreamSink:
-    def __init__(self, client: redis.Redis, ttl_s: int, url: str = "", max_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl_s: int = 3600,
+        url: str = "",
+        max_backoff_s: float = 5.0,
+        *,
+        worker_id: str = "worker",
+        lease_s: float = 5.0,
+    ) -> None:
         self.client = client
-        self.ttl_s = ttl_s
+        self.ttl_s = ttl_s  # for requests whose job gives none (refused payloads)
         self.url = url
         self.max_backoff_s = max_backoff_s
+        self.worker_id = worker_id
+        self.book = WriteBook(lease_s)
 
-    def publish(self, emissions: Sequence[Emission], watch: Iterable[str] = ()) -> PublishResult:
-        watched = list(dict.fromkeys(watch))
-        if not emissions and not watched:
-            return PublishResult()
-        return self._until_sent(lambda attempt: self._send(emissions, watched, retry=attempt > 0))
+    # -- starting a request ------------------------------------------------------------------
+
+    def claim(self, request_id: str, ttl_s: int, job: dict[str, Any] | None = None) -> ClaimReply:
+        """Take the request's lease if nobody holds it and its stream has not ended."""
+        args = (self.worker_id, str(self.book.lease_ms), str(ttl_s), json.dumps(job) if job else "")
+        keys3 = (keys.deltas_key(request_id), keys.lease_key(request_id), keys.meta_key(request_id))
+        reply = self._until_sent(lambda _a: self._script_round_trip([("claim", keys3, args)])[0])
+        if isinstance(reply, Exception):
+            raise reply
+        return ClaimReply.parse(reply)  # type: ignore[arg-type]
+
+    def read_stream(self, request_id: str) -> StreamState:
+        """Everything already in the request's stream, and whether it is being cancelled."""
+
+        def read(_attempt: int) -> tuple[list[tuple[bytes, dict[bytes, bytes]]], int]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xrange(keys.deltas_key(request_id))
+            pipe.exists(keys.cancel_key(request_id))
+            entries, cancelled = pipe.execute()
+            return entries, cancelled
+
+        entries, cancelled = self._until_sent(read)
+        last_id = entries[-1][0].decode() if entries else "0-0"
+        try:
+            records: list[Record] | SchemaError = [
+                decode(fields.get(FIELD.encode(), b""), eid.decode()) for eid, fields in entries
+            ]
+        except SchemaError as exc:
+            records = exc
+        return StreamState(records, last_id, bool(cancelled))
+
+    def read_records(self, request_id: str) -> tuple[list[Record], bool]:
+        """The stream's records (raises SchemaError on an undecodable one) and the cancel flag."""
+        state = self.read_stream(request_id)
+        if isinstance(state.records, SchemaError):
+            raise state.records
+        return state.records, state.cancelled
+
+    def hold(self, request_id: str, owner: str, last_id: str, ttl_s: int, tokens: int = 0) -> None:
+        self.book.hold(request_id, owner, last_id, ttl_s, tokens)
+
+    # -- every step --------------------------------------------------------------------------
+
+    def publish(self, emissions: Sequence[Emission], watch: Iterable[str] = ()) -> StepOutcome:
+        """Write the step's records of held requests, renew their leases, check their cancel
+        keys: one round trip (sent again until Redis answers)."""
+        calls = self.book.plan(emissions, watch)
+        if not calls:
+            return StepOutcome()
+        index = self.book.index_entries(calls)
+        finished = [c.request_id for c in calls if c.final]
+        replies = self._until_sent(lambda _a: self._step_round_trip(calls, index, finished))
+        return self.book.on_replies(calls, replies)
+
+    def _step_round_trip(
+        self, calls: Sequence[PublishCall], index: list[tuple[str, str]], finished: list[str]
+    ) -> list[object]:
+        extra: list[tuple[Any, ...]] = []
+        if index:
+            extra.append(("ZADD", keys.LEASES_KEY, *[x for pair in index for x in pair]))
+        if finished:
+            extra.append(("ZREM", keys.LEASES_KEY, *finished))
+        scripted = [("publish", c.keys, c.args) for c in calls]
+        replies = self._script_round_trip(scripted, extra)
+        transient = next((r for r in replies if isinstance(r, _TRANSIENT)), None)
+        if transient is not None:
+            # Out of memory, a read-only replica, a script busy: the server may recover, and
+            # the records must not be lost: wait and send the step again (idempotent).
+            raise redis.ConnectionError(f"server refused the step for now: {transient}")
+        return replies[: len(calls)]
+
+    # -- hand-off and takeover ---------------------------------------------------------------
+
+    def release(self, request_ids: Iterable[str]) -> None:
+        """Give leases up at once (warm shutdown): a live worker takes them over at its next
+        scan instead of waiting for them to expire."""
+        held = [self.book.held[rid] for rid in request_ids if rid in self.book.held]
+        if not held:
+            return
+        scripted = [("release", (keys.lease_key(h.request_id),), (h.owner,)) for h in held]
+        extra: list[tuple[Any, ...]] = [("ZADD", keys.LEASES_KEY, *[x for h in held for x in ("0", h.request_id)])]
+        self._until_sent(lambda _a: self._script_round_trip(scripted, extra))
+        self.book.forget(h.request_id for h in held)
+
+    def expired(self, limit: int) -> list[str]:
+        """Requests whose lease expired (or was given up), oldest first."""
+        now_ms = int(time.time() * 1000)
+        ids = self._until_sent(
+            lambda _a: self.client.zrangebyscore(keys.LEASES_KEY, "-inf", now_ms, start=0, num=limit)
+        )
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def job_of(self, request_id: str) -> dict[str, Any] | None:
+        """The job a producer stored in the request's meta (None once it has expired)."""
+        raw = self._until_sent(lambda _a: self.client.hget(keys.meta_key(request_id), "job"))
+        if raw is None:
+            return None
+        try:
+            job = json.loads(raw)
+        except ValueError:
+            return None
+        return job if isinstance(job, dict) else None
+
+    def unindex(self, request_ids: Iterable[str]) -> None:
+        ids = list(request_ids)
+        if ids:
+            self._until_sent(lambda _a: self.client.zrem(keys.LEASES_KEY, *ids))
+
+    def heartbeat(self, info: WorkerInfo) -> None:
+        """One beat (one round trip); a failure is only logged: the next beat retries."""
+        key = keys.worker_key(info.worker_id)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(key, mapping=info.to_mapping())  # type: ignore[arg-type]
+            pipe.expire(key, HEARTBEAT_TTL_S)
+            pipe.zadd(keys.WORKERS_KEY, {info.worker_id: int(info.heartbeat_at * 1000)})
+            # Members whose beats stopped long ago (their hashes are gone): keep the index small.
+            pipe.zremrangebyscore(keys.WORKERS_KEY, "-inf", int((info.heartbeat_at - 3600) * 1000))
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.debug("heartbeat not written: %s", exc)
+
+    def forget_worker(self, worker_id: str) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(keys.worker_key(worker_id))
+            pipe.zrem(keys.WORKERS_KEY, worker_id)
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
+
+    # -- plumbing ----------------------------------------------------------------------------
 
     def _until_sent(self, call: Callable[[int], T]) -> T:
         """Run ``call(attempt)`` until Redis answers: a worker waits out an outage rather than
@@ -60,34 +215,27 @@ class StreamSink:
                 log.warning("Redis at %s unreachable (%s); retrying in %.2fs", describe_url(self.url), exc, delay)
                 time.sleep(delay)
 
-    def _send(self, emissions: Sequence[Emission], watched: list[str], retry: bool) -> PublishResult:
+    def _script_round_trip(
+        self,
+        scripted: Sequence[tuple[str, Sequence[str], Sequence[bytes | str]]],
+        extra: Sequence[tuple[Any, ...]] = (),
+    ) -> list[object]:
         commands: list[tuple[Any, ...]] = [
-            ("XADD", keys.deltas_key(rid), keys.entry_id_for(record.seq), FIELD, encode(record))
-            for rid, record in emissions
+            ("EVALSHA", _SHA[name], str(len(ks)), *ks, *args) for name, ks, args in scripted
         ]
-        touched = list(dict.fromkeys(rid for rid, _r in emissions))
-        for rid in touched:
-            commands.append(("EXPIRE", keys.deltas_key(rid), str(self.ttl_s)))
-            commands.append(("EXPIRE", keys.meta_key(rid), str(self.ttl_s)))
-        commands.extend(("EXISTS", keys.cancel_key(rid)) for rid in watched)
+        commands.extend(extra)
         replies = self._round_trip(commands)
-        result = PublishResult()
-        for (rid, _record), reply in zip(emissions, replies, strict=False):
-            if isinstance(reply, redis.ResponseError):
-                if not (retry and "equal or smaller" in str(reply)) and rid not in result.conflicts:
-                    log.warning("stream of %s refused a record (%s): another worker owns it", rid, reply)
-                    result.conflicts.add(rid)
-            elif isinstance(reply, Exception):
-                raise reply
-        checks = replies[len(emissions) + 2 * len(touched) :]
-        result.cancelled = {rid for rid, hit in zip(watched, checks, strict=True) if hit is True or hit == 1}
-        return result
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            # A fresh or restarted server: load every script, send the whole trip again (the
+            # scripts that did run the first time answer the same on a resend).
+            self._round_trip([("SCRIPT", "LOAD", text) for text in SCRIPTS.values()])
+            replies = self._round_trip(commands)
+        return replies
 
     def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[object]:
         """Send all commands in one write and read every reply: a pipeline without redis-py's
-        per-command Python layers (they cost more than packing and parsing in hiredis: this
-        doubles the records/s one core can publish).  Error replies come back as exceptions
-        in the list, like ``pipeline.execute(raise_on_error=False)``."""
+        per-command Python layers (they cost more than packing and parsing in hiredis).  Error
+        replies come back as exceptions in the list."""
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
@@ -106,17 +254,3 @@ class StreamSink:
             raise
         finally:
             pool.release(conn)
-
-    def read_records(self, request_id: str) -> tuple[list[Record], bool]:
-        """Everything already in the request's stream, and whether it is being cancelled
-        (one round trip; used when a task starts, to resume a redelivered request)."""
-        def read(_attempt: int) -> tuple[list[tuple[bytes, dict[bytes, bytes]]], int]:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.xrange(keys.deltas_key(request_id))
-            pipe.exists(keys.cancel_key(request_id))
-            entries, cancelled = pipe.execute()
-            return entries, cancelled
-
-        entries, cancelled = self._until_sent(read)
-        records = [decode(fields[FIELD.encode()], eid.decode()) for eid, fields in entries]
-        return records, bool(cancelled)

@@ -1,64 +1,68 @@
 """The Celery task: a thin adapter between a broker message and the engine runner.
 
-It parses the job (JSON), reads what the stream already holds (a redelivered task resumes
-where the last worker stopped; a finished one is simply acknowledged; one cancelled while
-queued never reaches the model), hands the job to the engine thread and waits until the
-request's last record is in Redis.  Returning acknowledges the message (``acks_late``).
+It parses the job (JSON), lets the runner claim the request and decide what to do (run,
+resume, refuse, or nothing: already ended or held by another live worker; see
+workers/lifecycle.py) and waits until the request needs this worker no more.  Returning
+acknowledges the message (``acks_late``).  Every payload that names a usable request id
+ends that request's stream, with an ``error`` record if the payload is bad; the task never
+raises, so a bad message can neither kill the worker nor leave a reader waiting.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
-from schemas.config import GenerationConfig
-from schemas.errors import SchemaError, ValidationError
+from schemas.errors import ValidationError
 from schemas.job import TASK_NAME, Job
-from schemas.records import ErrorInfo
-from workers.resume import is_complete, resume_state
+from schemas.keys import check_request_id
 from workers.runner import EngineRunner
 
 log = logging.getLogger(__name__)
 
 
-def register_generate_task(app: Celery, runner: EngineRunner, serves: Callable[[str | None], bool]) -> Any:
+def register_generate_task(app: Celery, runner: EngineRunner) -> Any:
     @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)
-    def generate(payload: dict[str, Any]) -> str:
-        return handle_job(payload, runner, serves)
+    def generate(*args: Any, **kwargs: Any) -> str:
+        return handle_task(args, kwargs, runner)
 
     return generate
 
 
-def handle_job(payload: dict[str, Any], runner: EngineRunner, serves: Callable[[str | None], bool]) -> str:
+def handle_task(args: tuple[Any, ...], kwargs: dict[str, Any], runner: EngineRunner) -> str:
+    """Any argument shape a message can carry; exactly one positional payload is valid."""
+    payload = args[0] if args else kwargs.get("payload")
+    if len(args) + len(kwargs) != 1:
+        problem = ValidationError("payload", f"the task takes one payload, got {len(args)} args and {sorted(kwargs)}")
+        return _refuse(payload, runner, problem)
+    return handle_job(payload, runner)
+
+
+def handle_job(payload: Any, runner: EngineRunner) -> str:
     try:
         job = Job.from_dict(payload)
     except ValidationError as exc:
-        return _reject_bad_payload(payload, runner, exc)
-    try:
-        records, cancelled = runner.sink.read_records(job.request_id)
-    except SchemaError as exc:
-        log.error("request %s: its stream holds an undecodable record (%s); not touching it", job.request_id, exc)
-        return "failed"
-    if is_complete(records):
-        return "finished"  # a redelivered message whose stream had already ended
-    if not serves(job.model):
-        error = ErrorInfo("unknown_model", f"model {job.model!r} is not served by this worker")
-        return runner.reject(job.request_id, job.config, "error", error).wait()
-    if cancelled and not records:
-        return runner.reject(job.request_id, job.config, "cancelled").wait()
-    return runner.submit(job, resume_state(records)).wait()
+        return _refuse(payload, runner, exc)
+    except Exception as exc:  # Job.from_dict promises ValidationError; never let a message kill us
+        log.exception("unexpected error parsing a task payload")
+        return _refuse(payload, runner, ValidationError("payload", f"{type(exc).__name__}: {exc}"))
+    return runner.wait(runner.begin(job.request_id, job))
 
 
-def _reject_bad_payload(payload: dict[str, Any], runner: EngineRunner, exc: ValidationError) -> str:
-    rid = payload.get("request_id") if isinstance(payload, dict) else None
-    if not isinstance(rid, str):
+def _refuse(payload: Any, runner: EngineRunner, exc: ValidationError) -> str:
+    rid = _request_id_of(payload)
+    if rid is None:
         log.error("dropping a task message without a usable request_id: %s", exc)
         return "failed"
+    log.warning("request %s: bad task payload (%s); ending it with an error record", rid, exc)
+    return runner.wait(runner.begin(rid, None, invalid=exc))
+
+
+def _request_id_of(payload: Any) -> str | None:
+    rid = payload.get("request_id") if isinstance(payload, dict) else None
     try:
-        config = GenerationConfig.from_dict(payload.get("config") or {})
+        return check_request_id(rid)
     except ValidationError:
-        config = GenerationConfig()
-    return runner.reject(rid, config, "error", ErrorInfo("invalid_request", str(exc))).wait()
+        return None

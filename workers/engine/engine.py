@@ -15,6 +15,7 @@ The engine knows nothing of Celery or Redis: the runner feeds it and publishes i
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from workers.engine.sequence import Choice, Request, Timings
 from workers.engine.token_bytes import token_text
 
 Emission = tuple[str, Record]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,16 @@ class Engine:
         reason: str = "error",
         error: ErrorInfo | None = None,
         submitted_at: float | None = None,
+        resume: Resume | None = None,
     ) -> None:
         """End a request that never reaches the model (bad job, unknown model, cancelled
-        while queued): its records come out of the next step."""
+        while queued, given up after too many attempts): its records come out of the next
+        step, after whatever ``resume`` says an earlier worker published."""
         req = self._new_request(request_id, config, submitted_at, [])
+        if resume is not None:
+            self._apply_resume(req, resume)
+            if req.finished:
+                return
         self._outbox.extend(self._end(req, req.unfinished(), reason, error))
 
     def abort(
@@ -138,10 +146,12 @@ class Engine:
             elif self.rows:
                 self._decode(out)
         except Exception as exc:  # the model failed for the whole batch: fail it, keep serving
+            log.exception("engine step failed; failing the %d request(s) of the batch", len(joined) + len(self.running))
             victims = {r.request_id for r in joined} | set(self.running)
             for r in joined:
                 self.running[r.request_id] = r
-            out.extend(self.abort(victims, "error", ErrorInfo(type(exc).__name__, str(exc) or repr(exc))))
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
+            out.extend(self.abort(victims, "error", ErrorInfo("internal", message)))
         self._steps += 1
         return out
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from schemas.errors import EngineFull
 from workers.engine.sequence import Request
+
+__all__ = ["EngineFull", "Limits", "admit"]
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,6 @@ class Limits:
         for name in ("max_running", "max_batch_rows", "max_batch_tokens", "max_queued"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-class EngineFull(RuntimeError):
-    """More requests waiting than ``max_queued``; try again later."""
 
 
 def admit(waiting: deque[Request], running_requests: int, running_rows: int, limits: Limits) -> list[Request]:
