@@ -11,25 +11,38 @@
   ``unacked_restore_throttle`` seconds (100 s by default), so a dead worker's task could wait
   that long on top of the visibility timeout; the sweep here runs every few seconds (one
   cheap ZRANGE per worker), a quarter of the timeout at most.
+
+``celery -A broker.app inspect ping`` (and flower, ``celery events``, ``celery purge``...)
+find the module-level ``app`` (alias ``celery``), built from the settings on first use, so
+importing this module neither reads the environment nor connects.  That app has no engine: a
+worker started from it would take generation tasks it cannot run and drop them, so it refuses
+to start; ``celery -A workers.celery_app worker`` (or ``tokenrelay worker``) runs a worker.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 import ssl
+from typing import Any
 
 from celery import Celery
 
+from schemas import settings
 from schemas.job import DEFAULT_QUEUE
+from schemas.settings import DEFAULT_VISIBILITY_TIMEOUT_S as DEFAULT_VISIBILITY_TIMEOUT_S  # older spelling
 from schemas.settings import broker_url as resolve_broker_url
 
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600
+ENGINELESS_WORKER = (
+    "broker.app is tokenrelay's app for monitoring (celery inspect, flower); it has no engine. "
+    "Start a worker with `celery -A workers.celery_app worker` or `tokenrelay worker`."
+)
 
 
 def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> Celery:
     url = resolve_broker_url(broker_url, redis_url)
     app = Celery("tokenrelay", broker=url, set_as_current=False)
-    visibility = int(os.environ.get("TOKENRELAY_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S))
+    visibility = settings.visibility_timeout_s()
+    events = settings.task_events()
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -50,9 +63,37 @@ def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> 
         },
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # Task events are what flower and `celery events` show; `celery control enable_events`
+        # (flower sends it itself) turns them on at run time as well.
+        worker_send_task_events=events,
+        task_send_sent_event=events,
     )
     if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
         # Celery refuses a rediss:// broker without an explicit certificate policy; verify
         # certificates unless the URL says otherwise (?ssl_cert_reqs=...).
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return app
+
+
+@functools.cache
+def monitoring_app() -> Celery:
+    """The app ``celery -A broker.app`` finds: the settings' broker, no tasks, no worker."""
+    from celery.signals import worker_init
+
+    app = make_celery()
+
+    def refuse_worker(sender: Any = None, **_kwargs: object) -> None:
+        if getattr(sender, "app", None) is app:
+            # Celery logs and swallows an Exception from a signal handler; SystemExit stops it.
+            raise SystemExit(ENGINELESS_WORKER)
+
+    worker_init.connect(refuse_worker, weak=False)
+    return app
+
+
+def __getattr__(name: str) -> Celery:
+    # PEP 562: built on first access, so that importing broker.app (the producer does) reads
+    # no environment variable and fails on none.
+    if name in ("app", "celery"):
+        return monitoring_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
