@@ -23,7 +23,7 @@ from broker.app import make_celery
 from schemas.errors import RelayConnectionError
 from schemas.job import DEFAULT_QUEUE, queue_for_model
 from schemas.redis_util import connect, describe_url
-from schemas.settings import model_name, redis_url, ttl_s
+from schemas.settings import model_name, redis_url, torch_threads, ttl_s
 from schemas.workers import WorkerInfo
 from workers.engine.engine import Engine
 from workers.engine.model_runner import load_model
@@ -62,7 +62,7 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
     url = redis_url(opts.redis_url)
 
     def build_engine() -> Engine:
-        threads = opts.threads or int(os.environ.get("TOKENRELAY_TORCH_THREADS", "0") or 0)
+        threads = torch_threads(opts.threads)
         if threads:
             import torch
 

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from schemas import settings
 from schemas.settings import DEFAULT_MODEL
 
 SMOLLM2_ALIASES = frozenset({DEFAULT_MODEL, "smollm2", "SmolLM2-135M-Instruct", "smollm2-135m-instruct"})
@@ -30,10 +31,7 @@ class ModelNotFound(LookupError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TOKENRELAY_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tokenrelay"
-    )
-    return Path(root)
+    return settings.cache_dir()
 
 
 def smollm2_gguf() -> Path:

@@ -6,7 +6,6 @@ supported) when a GPU is present, else CPU with fp32.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.cache_utils import DynamicCache
 from transformers.utils import logging as hf_logging
 
+from schemas.settings import device as forced_device
 from workers.engine.kv_cache import BatchCache
 from workers.engine.token_bytes import build_token_bytes
 
 
 def pick_device() -> tuple[torch.device, torch.dtype]:
-    forced = os.environ.get("TOKENRELAY_DEVICE")
+    forced = forced_device()
     device = torch.device(forced) if forced else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
