@@ -54,6 +54,7 @@ class WorkerOptions:
     lease_s: float = 5.0  # a held request is taken over this long after its worker stopped renewing
     grace_s: float = 30.0  # warm shutdown: finish held requests for this long, then hand them off
     max_attempts: int = 3  # a request claimed more often than this ends with too_many_attempts
+    events: bool = False  # Celery task events (-E) for flower; TOKENRELAY_TASK_EVENTS=1 turns them on too
 
 
 def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info) -> tuple[EngineRunner, str]:
@@ -152,6 +153,7 @@ def run_worker(opts: WorkerOptions) -> None:
         f"--hostname={worker_id}",
         "--without-gossip",
         "--without-mingle",
+        *(["--task-events"] if opts.events else []),
     ]
     log.info("serving %s on queues %s with %d slots as %s", name, ",".join(queues), concurrency, worker_id)
     sys.stdout.flush()
