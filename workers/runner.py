@@ -149,7 +149,7 @@ class EngineRunner:
         if self.draining:
             return
         self.draining = True
-        log.info("warm shutdown: finishing held requests for up to %.0f s, then handing them off", grace_s)
+        log.info("warm shutdown: finishing held requests for up to %.1f s, then handing them off", grace_s)
         timer = threading.Timer(grace_s, self._hand_off_now.set)
         timer.daemon = True
         timer.start()
