@@ -166,7 +166,8 @@ def test_a_poison_request_is_given_up_after_max_attempts(
     rid = producer.submit(PROMPT, **CONFIG)
     for attempt in (1, 2):
         w = worker_factory(url, "--max-attempts", "2")
-        wait_for(lambda: (lease_holder(client, rid) or "").endswith(f"/{attempt}"), 30, f"attempt {attempt}")
+        suffix = f"/{attempt}"
+        wait_for(lambda s=suffix: (lease_holder(client, rid) or "").endswith(s), 30, f"attempt {attempt}")
         w.kill()  # "the request killed its worker"
         assert not is_complete(raw_records(client, rid))
     worker_factory(url, "--max-attempts", "2")  # the third claim gives up
