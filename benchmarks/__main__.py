@@ -29,6 +29,7 @@ SCENARIOS = {
     5: "s5_stream_layer",
     6: "s6_cancel",
     7: "s7_memory",
+    8: "s8_takeover",
 }
 
 

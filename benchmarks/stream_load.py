@@ -49,7 +49,9 @@ def publish_main(url: str, rid: str, load: Load, ready: Any, go: Any, out: Any) 
     """Child process: publish ``load`` to one stream with `StreamSink.publish`."""
     from workers.publisher import StreamSink
 
-    sink = StreamSink(connect(url), ttl_s=600, url=url)
+    sink = StreamSink(connect(url), ttl_s=600, url=url, worker_id="bench", lease_s=600)
+    claim = sink.claim(rid, 600)  # every write is fenced by a lease, as in a worker
+    sink.hold(rid, claim.owner, "0-0", 600)
     ready.set()
     go.wait()
     started = time.perf_counter()
