@@ -6,6 +6,7 @@ supported) when a GPU is present, else CPU with fp32.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,10 @@ class ModelRunner:
         self.model = loaded.model
         self.device = loaded.device
         self.vocab_size = len(loaded.tokenizer)
+        # transformers renamed `past_key_values` to `cache` (5.2x warns, 5.40 removes the old
+        # name); older releases only know the old one.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         if warmup:
             self.warmup()
 
@@ -97,9 +102,9 @@ class ModelRunner:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_arg: cache},
         )
         return out.logits[:, -1, :], BatchCache(cache, mask, mask.sum(dim=1))
 
@@ -112,9 +117,9 @@ class ModelRunner:
             input_ids=ids,
             attention_mask=mask,
             position_ids=cache.positions.unsqueeze(1),
-            past_key_values=cache.as_hf_cache(),
             use_cache=True,
             cache_position=torch.tensor([cache.length], device=self.device),
+            **{self._cache_arg: cache.as_hf_cache()},
         )
         cache.append_step()
         return out.logits[:, -1, :]
