@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it has none of its own (its help says where it comes from)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "worker",
         parents=[common],
         help="start a Celery worker that serves one model",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     p.add_argument("--model", help="model name, folder or HF id (default: TOKENRELAY_MODEL or SmolLM2-135M-Instruct)")
     p.add_argument(
@@ -26,22 +35,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.add_argument(
         "--grace-s",
         type=float,
-        default=30.0,
-        help="warm shutdown (SIGTERM/SIGINT): finish held requests for this long, then hand the rest to other workers",
+        default=None,
+        help="warm shutdown (SIGTERM/SIGINT): finish held requests for this long, then hand the rest to other "
+        "workers (default: TOKENRELAY_GRACE_S or 30)",
     )
     p.add_argument(
         "--lease-s",
         type=float,
-        default=5.0,
+        default=None,
         help="a held request is taken over by a live worker this long after its "
-        "worker stops renewing its lease (death, freeze); renewed every engine step",
+        "worker stops renewing its lease (death, freeze); renewed every engine step (default: TOKENRELAY_LEASE_S or 5)",
     )
     p.add_argument(
         "--max-attempts",
         type=int,
-        default=3,
+        default=None,
         help="a request whose workers keep dying is ended with an error "
-        "(too_many_attempts) when claimed more often than this",
+        "(too_many_attempts) when claimed more often than this (default: TOKENRELAY_MAX_ATTEMPTS or 3)",
+    )
+    p.add_argument(
+        "-E", "--events", action="store_true", default=None, help="send Celery task events (flower, celery events)"
     )
     p.add_argument("--loglevel", default="INFO", help="Celery and tokenrelay log level")
     p.add_argument("--hostname", help="Celery node name and lease owner id (default: tokenrelay-PID-RANDOM@HOST)")
@@ -51,16 +64,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
 
 def run(args: argparse.Namespace) -> int:
     from cli.render import note
-    from schemas.errors import RelayConnectionError
+    from schemas import settings
+    from schemas.errors import RelayConnectionError, ValidationError
     from workers.engine.scheduler import Limits
     from workers.main import WorkerOptions, run_worker
 
-    for flag in ("grace_s", "lease_s"):
-        if getattr(args, flag) <= 0:
-            note(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
-            return 2
-    if args.max_attempts < 1:
-        note(f"--max-attempts must be >= 1, got {args.max_attempts}")
+    try:  # a flag wins, else its TOKENRELAY_* variable, else the default; all validated there
+        lease_s, grace_s = settings.lease_s(args.lease_s), settings.grace_s(args.grace_s)
+        max_attempts = settings.max_attempts(args.max_attempts)
+    except ValidationError as exc:
+        note(f"tokenrelay worker: {exc}")
         return 2
 
     queues = [q for item in (args.queue or []) for q in item.split(",") if q] or None
@@ -76,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
         hostname=args.hostname,
         ready_file=args.ready_file,
         threads=args.threads,
-        lease_s=args.lease_s,
-        grace_s=args.grace_s,
-        max_attempts=args.max_attempts,
+        lease_s=lease_s,
+        grace_s=grace_s,
+        max_attempts=max_attempts,
+        events=bool(args.events),
     )
     try:
         run_worker(opts)
