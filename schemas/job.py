@@ -50,6 +50,7 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "v": JOB_VERSION,
             "request_id": self.request_id,
             "config": self.config.to_dict(),
             "submitted_at": self.submitted_at,
@@ -61,20 +62,52 @@ class Job:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Job:
-        try:
-            return cls(
-                request_id=d["request_id"],
-                config=GenerationConfig.from_dict(d.get("config") or {}),
-                submitted_at=float(d["submitted_at"]),
-                prompt=d.get("prompt"),
-                messages=d.get("messages"),
-                model=d.get("model"),
-                ttl_s=int(d.get("ttl_s", 3600)),
-                extra=dict(d.get("extra") or {}),
-            )
-        except KeyError as exc:
-            raise ValidationError(str(exc.args[0]), "missing from the task message") from None
+    def from_dict(cls, d: object) -> Job:
+        """Parse a task payload; anything wrong raises ValidationError naming the field (never
+        a TypeError or KeyError: a worker must be able to end such a request cleanly)."""
+        if not isinstance(d, Mapping):
+            raise ValidationError("payload", f"must be a map, got {type(d).__name__}")
+        unknown = sorted(str(k) for k in d if k not in _FIELDS)
+        if unknown:
+            raise ValidationError(unknown[0], f"unknown field in the task message (known: {', '.join(_FIELDS)})")
+        version = d.get("v", JOB_VERSION)  # payloads from before versioning are version 1
+        if version != JOB_VERSION:
+            raise ValidationError("v", f"unknown task message version {version!r}; this worker reads {JOB_VERSION}")
+        for name in ("request_id", "submitted_at"):
+            if name not in d:
+                raise ValidationError(name, "missing from the task message")
+        config = d.get("config") or {}
+        if not isinstance(config, Mapping):
+            raise ValidationError("config", f"must be a map, got {type(config).__name__}")
+        extra = d.get("extra") or {}
+        if not isinstance(extra, Mapping):
+            raise ValidationError("extra", f"must be a map, got {type(extra).__name__}")
+        return cls(
+            request_id=d["request_id"],
+            config=GenerationConfig.from_dict(config),
+            submitted_at=_number(d["submitted_at"], "submitted_at"),
+            prompt=d.get("prompt"),
+            messages=d.get("messages"),
+            model=d.get("model"),
+            ttl_s=_ttl(d.get("ttl_s", 3600)),
+            extra=dict(extra),
+        )
+
+
+JOB_VERSION = 1
+_FIELDS = ("v", "request_id", "config", "submitted_at", "prompt", "messages", "model", "ttl_s", "extra")
+
+
+def _number(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValidationError(field, f"must be a number, got {value!r}")
+    return float(value)
+
+
+def _ttl(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError("ttl_s", f"must be an integer number of seconds >= 1, got {value!r}")
+    return value
 
 
 def check_messages(messages: object) -> list[dict[str, str]]:
