@@ -23,8 +23,10 @@ Every decision lives in one sans-IO state machine, :class:`consumer.core.ReaderC
   yielded, with the partial :class:`Result` as ``.result``.
 
 ``timeout_s`` is the longest wait without a new record; beyond it :class:`StreamTimeout`
-(a reader never ends silently).  ``None`` waits forever.  Redis connection trouble surfaces as
-:class:`schemas.RelayConnectionError` naming the URL (password masked).  With
+(a reader never ends silently).  ``None`` waits forever.  A dropped connection or a Redis
+restart does not end a read: the reader backs off, probes again and goes on from its cursor;
+only Redis staying unreachable for ``timeout_s`` raises :class:`schemas.RelayConnectionError`
+naming the URL (password masked).  With
 ``cancel_on_exit=True``, leaving the loop before the stream ended (break, exception, close)
 sets the cancel key.  With ``AsyncStreamReader`` a ``break`` only closes the generator when
 the loop collects it; use ``contextlib.aclosing`` (or close the reader) to cancel at once.

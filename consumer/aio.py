@@ -14,9 +14,10 @@ from typing import Any
 import redis.asyncio
 
 from consumer.connection import check_binary, describe
-from consumer.core import START, Done, Probe, Read, ReaderCore
+from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
 from schemas import keys, settings
+from schemas.errors import RelayConnectionError
 from schemas.records import Record
 from schemas.redis_util import connect_async, translate_redis_errors
 
@@ -88,11 +89,19 @@ class AsyncStreamReader:
         # (One generator, not two nested: a `break` must not leave an inner one to the GC.)
         try:
             while not isinstance(action := core.next_action(time.monotonic()), Done):
-                if isinstance(action, Probe):
-                    core.on_probe(*await self._probe(core.request_id))
-                else:
-                    for record in core.on_reply(await self._read(core.request_id, action), time.monotonic()):
-                        yield record
+                if isinstance(action, Backoff):
+                    await asyncio.sleep(action.delay_s)
+                    continue
+                try:
+                    if isinstance(action, Probe):
+                        core.on_probe(*await self._probe(core.request_id))
+                        continue
+                    reply = await self._read(core.request_id, action)
+                except RelayConnectionError as exc:
+                    core.on_connection_error(exc, time.monotonic())
+                    continue
+                for record in core.on_reply(reply, time.monotonic()):
+                    yield record
         finally:
             if cancel_on_exit and core.should_cancel_on_exit:
                 await self._cancel_on_exit(core.request_id)

@@ -5,9 +5,12 @@ A shell loops::
     while not isinstance(action := core.next_action(clock()), Done):
         if isinstance(action, Probe):
             core.on_probe(*<XREVRANGE deltas + - COUNT 1, EXISTS meta>)
+        elif isinstance(action, Backoff):
+            sleep(action.delay_s)
         else:
             yield from core.on_reply(<XREAD {deltas: action.after} COUNT BLOCK>, clock())
 
+and reports a failed round trip with ``core.on_connection_error(exc, clock())``.
 `next_action` raises the stream's outcome when there is one to raise (StreamTimeout,
 RequestNotFound, SchemaError, GenerationFailed); the records of a reply are always handed
 back before any error found in that reply, so a caller sees everything valid first.
@@ -55,7 +58,16 @@ class Done:
     """The stream ended cleanly: stop."""
 
 
-Action = Probe | Read | Done
+@dataclass(frozen=True)
+class Backoff:
+    """Redis could not be reached: wait ``delay_s``, then go on from the cursor (a fresh probe
+    first: a restarted server may have lost the request)."""
+
+    delay_s: float
+
+
+Action = Probe | Read | Done | Backoff
+MAX_BACKOFF_S = 1.0
 
 
 def check_after(after: object) -> str:
@@ -87,6 +99,9 @@ class ReaderCore:
         self._ended = False  # the record with usage was seen
         self._not_found = False
         self._pending: Exception | None = None  # raised by next_action once records are handed out
+        self._down_since: float | None = None  # Redis unreachable since (the shell's clock)
+        self._down_error: Exception | None = None
+        self._retries = 0
         self._builder = ResultBuilder()
 
     # -- what to do next -------------------------------------------------------------------
@@ -98,14 +113,36 @@ class ReaderCore:
             return self._finish()
         if self._deadline is None:
             self._deadline = self._deadline_from(now)
+        if self._down_error is not None:
+            return self._backoff(now)
         if self._needs_probe:
             return Probe()
         if self._idle and self._deadline is not None and now >= self._deadline:
             raise StreamTimeout(self.request_id, self._timeout_message())
         return Read(block_ms=self._block_ms(now), count=READ_COUNT, after=self.after)
 
+    def on_connection_error(self, error: Exception, now: float) -> None:
+        """The shell's I/O failed to reach Redis (dropped connection, restart): retry with
+        backoff from the cursor; only ``timeout_s`` of failures in a row raise ``error``."""
+        if self._down_since is None:
+            self._down_since = now
+        self._down_error = error
+
+    def _backoff(self, now: float) -> Backoff:
+        assert self._down_error is not None and self._down_since is not None
+        if self.timeout_s is not None and now - self._down_since >= self.timeout_s:
+            raise self._down_error
+        self._down_error = None
+        self._needs_probe = True
+        self._retries += 1
+        return Backoff(min(MAX_BACKOFF_S, 0.05 * 2**self._retries))
+
+    def _reached(self) -> None:
+        self._down_since, self._retries = None, 0
+
     def on_probe(self, last_entries: Sequence[tuple[Any, Mapping[Any, Any]]], meta_exists: bool) -> None:
         """``last_entries``: the stream's last entry (empty when there is no stream)."""
+        self._reached()
         self._needs_probe = False
         if not last_entries and not meta_exists:
             self._not_found = True
@@ -134,6 +171,7 @@ class ReaderCore:
 
     def on_entries(self, entries: Sequence[tuple[Any, Mapping[Any, Any]]], now: float) -> list[Record]:
         """Feed ``(entry_id, fields)`` pairs; returns the valid records in order."""
+        self._reached()
         if not entries:
             self._idle = True
             self._needs_probe = True  # an empty read may mean the keys expired meanwhile

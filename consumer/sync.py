@@ -10,9 +10,10 @@ from typing import Any
 import redis
 
 from consumer.connection import check_binary, describe
-from consumer.core import START, Done, Probe, Read, ReaderCore
+from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
 from schemas import keys, settings
+from schemas.errors import RelayConnectionError
 from schemas.records import Record
 from schemas.redis_util import connect, translate_redis_errors
 
@@ -64,10 +65,18 @@ class StreamReader:
         # The only loop: every decision is the core's, this just performs the I/O it asks for.
         try:
             while not isinstance(action := core.next_action(time.monotonic()), Done):
-                if isinstance(action, Probe):
-                    core.on_probe(*self._probe(core.request_id))
-                else:
-                    yield from core.on_reply(self._read(core.request_id, action), time.monotonic())
+                if isinstance(action, Backoff):
+                    time.sleep(action.delay_s)
+                    continue
+                try:
+                    if isinstance(action, Probe):
+                        core.on_probe(*self._probe(core.request_id))
+                        continue
+                    reply = self._read(core.request_id, action)
+                except RelayConnectionError as exc:
+                    core.on_connection_error(exc, time.monotonic())
+                    continue
+                yield from core.on_reply(reply, time.monotonic())
         finally:
             if cancel_on_exit and core.should_cancel_on_exit:
                 self.cancel(core.request_id)

@@ -340,3 +340,44 @@ def test_resuming_before_the_final_record_still_reads_it() -> None:
     core.next_action(0.0)
     core.on_probe([entry(records[-1])], True)
     assert isinstance(core.next_action(0.0), Read)
+
+
+# -- Redis unreachable: backoff from the cursor, raise only after timeout_s ------------------
+
+
+def test_a_failed_read_backs_off_then_probes_again_and_goes_on_from_the_cursor() -> None:
+    from consumer.core import Backoff
+    from schemas.errors import RelayConnectionError
+
+    core = ReaderCore("r", timeout_s=10)
+    assert isinstance(core.next_action(0.0), Probe)
+    core.on_probe([], True)
+    first = simple_stream(3)
+    core.on_entries([entry(first[0])], 0.1)
+    core.on_connection_error(RelayConnectionError("down"), 0.2)
+    delays = []
+    for t in (0.3, 0.5, 0.9):
+        action = core.next_action(t)
+        assert isinstance(action, Backoff)
+        delays.append(action.delay_s)
+        assert isinstance(core.next_action(t), Probe)  # a restarted server may have lost it
+        core.on_connection_error(RelayConnectionError("down"), t)
+    assert delays == sorted(delays) and delays[0] > 0
+    assert isinstance(core.next_action(1.0), Backoff)
+    core.on_probe([entry(first[0])], True)
+    read = core.next_action(1.1)
+    assert isinstance(read, Read) and read.after == "1-0"  # the cursor survived
+    assert [r.seq for r in core.on_entries([entry(r) for r in first[1:]], 1.2)] == [1, 2]
+
+
+def test_redis_unreachable_for_timeout_s_raises_the_connection_error() -> None:
+    from schemas.errors import RelayConnectionError
+
+    core = ReaderCore("r", timeout_s=2)
+    core.next_action(0.0)
+    error = RelayConnectionError("Redis at redis://x is unreachable")
+    core.on_connection_error(error, 0.0)
+    core.next_action(1.0)  # a backoff
+    core.on_connection_error(error, 1.0)
+    with pytest.raises(RelayConnectionError):
+        core.next_action(2.5)
