@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import Any
 
 import redis.asyncio
 
+from consumer import batch_io, index
+from consumer.batch import BatchItemResult, BatchProgress
 from consumer.connection import check_binary, describe
 from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
@@ -63,6 +65,21 @@ class AsyncStreamReader:
         with translate_redis_errors(self.label):
             key, value, ttl = keys.cancel_set_args(request_id, settings.ttl_s())
             await self._client.set(key, value, ex=ttl)
+
+    # The request index and batches: consumer/index.py and consumer/batch_io.py.
+    async def active(self, limit: int = 100) -> list[index.ActiveRequest]:
+        """Queued and running requests, newest first (see schemas/index.py)."""
+        return await index.active_async(self, limit)
+
+    def events(self, after: str = "$") -> AsyncIterator[index.IndexEvent]:
+        """The index's live feed of request and batch state changes (endless; break to stop)."""
+        return index.events_async(self, after)
+
+    async def batch(self, batch_id: str) -> BatchProgress:
+        return await batch_io.batch_progress_async(self, batch_id)
+
+    def batch_results(self, batch_id: str, timeout_s: float | None = None) -> AsyncIterator[BatchItemResult]:
+        return batch_io.batch_results_async(self, batch_id, timeout_s)
 
     async def aclose(self) -> None:
         for gen in list(self._open):

@@ -9,6 +9,8 @@ from typing import Any
 
 import redis
 
+from consumer import batch_io, index
+from consumer.batch import BatchItemResult, BatchProgress
 from consumer.connection import check_binary, describe
 from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
@@ -50,6 +52,23 @@ class StreamReader:
         with translate_redis_errors(self.label):
             key, value, ttl = keys.cancel_set_args(request_id, settings.ttl_s())
             self._client.set(key, value, ex=ttl)
+
+    # The request index and batches: consumer/index.py and consumer/batch_io.py.
+    def active(self, limit: int = 100) -> list[index.ActiveRequest]:
+        """Queued and running requests, newest first (see schemas/index.py)."""
+        return index.active(self, limit)
+
+    def events(self, after: str = "$") -> Iterator[index.IndexEvent]:
+        """The index's live feed of request and batch state changes (endless; break to stop)."""
+        return index.events(self, after)
+
+    def batch(self, batch_id: str) -> BatchProgress:
+        """Progress of a batch: total, done, failed, cancelled, tokens, ..."""
+        return batch_io.batch_progress(self, batch_id)
+
+    def batch_results(self, batch_id: str, timeout_s: float | None = None) -> Iterator[BatchItemResult]:
+        """Each item's result in input order (waits for items still queued or running)."""
+        return batch_io.batch_results(self, batch_id, timeout_s)
 
     def close(self) -> None:
         if self._owns_client:

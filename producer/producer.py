@@ -9,13 +9,15 @@ model's queue.  If the broker refuses the task, the meta key is removed again.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
 from celery import Celery
 
 from broker.app import make_celery
-from schemas import keys
+from producer import batch
+from schemas import index, keys
 from schemas.config import GenerationConfig, check_known_fields
 from schemas.errors import RelayConnectionError, ValidationError
 from schemas.job import TASK_NAME, Job, queue_for_model
@@ -85,6 +87,16 @@ class Producer:
             key, value, ttl = keys.cancel_set_args(request_id, self.ttl_s)
             self._redis.set(key, value, ex=ttl)
 
+    def submit_batch(self, items: Iterable[object], **config: Any) -> str:
+        """Enqueue many requests as one batch (see producer/batch.py); returns the batch id."""
+        return batch.submit_batch(self, items, **config)
+
+    def resume_batch(self, batch_id: str, items: Iterable[object], **config: Any) -> list[int]:
+        return batch.resume_batch(self, batch_id, items, **config)
+
+    def cancel_batch(self, batch_id: str) -> int:
+        return batch.cancel_batch(self, batch_id)
+
     def close(self) -> None:
         self._redis.close()
         self._app.close()
@@ -99,9 +111,15 @@ class Producer:
         return f"Producer(redis_url={describe_url(self.redis_url)!r})"
 
     def _register(self, job: Job) -> None:
-        meta = keys.meta_key(job.request_id)
         with translate_redis_errors(self.redis_url):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hset(meta, mapping={"submitted_at": repr(job.submitted_at), "model": job.model or ""})
-            pipe.expire(meta, self.ttl_s)
+            self._register_into(pipe, job)
+            for command in index.on_queued(job):  # the request index (schemas/index.py)
+                pipe.execute_command(*command)
             pipe.execute()
+
+    def _register_into(self, pipe: Any, job: Job) -> None:
+        """The meta key's commands, into a pipeline (producer/batch.py sends many at once)."""
+        meta = keys.meta_key(job.request_id)
+        pipe.hset(meta, mapping={"submitted_at": repr(job.submitted_at), "model": job.model or ""})
+        pipe.expire(meta, self.ttl_s)

@@ -54,6 +54,39 @@ def worker_key(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
 
 
+# The request index and batches (schemas/index.py explains where they live and why the
+# global ones are not hot spots: a few writes per request, never one per token).
+INDEX_EVENTS_KEY = f"{PREFIX}:index:events"
+"""Capped stream of request state changes (queued, running, progress, finished) for live views."""
+
+INDEX_QUEUED_KEY = f"{PREFIX}:index:queued"
+"""Sorted set: request id -> unix ms it was queued (removed when it starts or ends)."""
+
+INDEX_RUNNING_KEY = f"{PREFIX}:index:running"
+"""Sorted set: request id -> unix ms of its last start or progress (removed when it ends)."""
+
+INDEX_RECENT_KEY = f"{PREFIX}:index:recent"
+"""Sorted set: request id -> unix ms it ended; trimmed to the newest few thousand."""
+
+BATCHES_KEY = f"{PREFIX}:index:batches"
+"""Sorted set: batch id -> unix ms it was created; trimmed by age and size."""
+
+
+def batch_meta_key(batch_id: str) -> str:
+    """A batch's hash (total, created_at, model, status); batch keys share ``{batch:<id>}``."""
+    return f"{PREFIX}:{{batch:{batch_id}}}:meta"
+
+
+def batch_items_key(batch_id: str) -> str:
+    """Hash: input position -> JSON ``{"id": request id, "custom_id": ...}``."""
+    return f"{PREFIX}:{{batch:{batch_id}}}:items"
+
+
+def new_batch_id() -> str:
+    """``batch_`` + 128 random bits, like a request id (a batch id reads every item's text)."""
+    return "batch_" + secrets.token_hex(16)
+
+
 CANCEL_VALUE = b"1"
 
 
