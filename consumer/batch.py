@@ -43,8 +43,10 @@ class BatchProgress:
 
     @property
     def complete(self) -> bool:
-        """Every item has ended (nothing more will change)."""
-        return self.finished >= self.total
+        """Every item has ended (nothing more will change): every item of the batch, or every
+        item that went out when the submission was interrupted or cancelled part way."""
+        expected = self.submitted if self.status in ("interrupted", "cancelled") else self.total
+        return self.finished >= expected
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class BatchItemResult:
     status: str
     result: Result | None
     error: dict[str, str] | None = None
+    chat: bool = False  # submitted as messages (an OpenAI chat completion) or as a prompt
 
 
 def text(value: Any) -> str:

@@ -57,15 +57,16 @@ def _item(
 ) -> BatchItemResult:
     if entry is None:
         return not_submitted(position)
-    rid, custom_id = entry["id"], entry.get("custom_id")
+    rid, custom_id, chat = entry["id"], entry.get("custom_id"), bool(entry.get("chat"))
     try:
         result = reader.result(rid, timeout_s=timeout_s)
     except GenerationFailed as exc:
         error = {"type": exc.error_type, "message": exc.error_message}
-        return BatchItemResult(position, custom_id, rid, "failed", exc.result, error)
+        return BatchItemResult(position, custom_id, rid, "failed", exc.result, error, chat)
     except RequestNotFound as exc:
-        return BatchItemResult(position, custom_id, rid, "expired", None, {"type": "expired", "message": str(exc)})
-    return BatchItemResult(position, custom_id, rid, outcome(result), result)
+        error = {"type": "expired", "message": str(exc)}
+        return BatchItemResult(position, custom_id, rid, "expired", None, error, chat)
+    return BatchItemResult(position, custom_id, rid, outcome(result), result, None, chat)
 
 
 def not_submitted(position: int) -> BatchItemResult:
@@ -114,12 +115,13 @@ async def _item_async(
 ) -> BatchItemResult:
     if entry is None:
         return not_submitted(position)
-    rid, custom_id = entry["id"], entry.get("custom_id")
+    rid, custom_id, chat = entry["id"], entry.get("custom_id"), bool(entry.get("chat"))
     try:
         result = await reader.result(rid, timeout_s=timeout_s)
     except GenerationFailed as exc:
         error = {"type": exc.error_type, "message": exc.error_message}
-        return BatchItemResult(position, custom_id, rid, "failed", exc.result, error)
+        return BatchItemResult(position, custom_id, rid, "failed", exc.result, error, chat)
     except RequestNotFound as exc:
-        return BatchItemResult(position, custom_id, rid, "expired", None, {"type": "expired", "message": str(exc)})
-    return BatchItemResult(position, custom_id, rid, outcome(result), result)
+        error = {"type": "expired", "message": str(exc)}
+        return BatchItemResult(position, custom_id, rid, "expired", None, error, chat)
+    return BatchItemResult(position, custom_id, rid, outcome(result), result, None, chat)

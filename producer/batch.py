@@ -195,7 +195,7 @@ def _job(batch_id: str, position: int, item: BatchItem, ttl_s: int) -> Job:
 def _submit_chunk(producer: Producer, batch_id: str, chunk: list[tuple[int, BatchItem]], queue: str | None) -> None:
     jobs = [_job(batch_id, i, item, producer.ttl_s) for i, item in chunk]
     entries: dict[Any, Any] = {
-        str(i): json.dumps({"id": job.request_id, "custom_id": item.custom_id})
+        str(i): json.dumps({"id": job.request_id, "custom_id": item.custom_id, "chat": item.messages is not None})
         for (i, item), job in zip(chunk, jobs, strict=True)
     }
     with translate_redis_errors(producer.redis_url):
