@@ -9,6 +9,7 @@ stream, from ``after`` (``"$"`` = only new ones, ``"0"`` = the whole retained wi
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from consumer.core import entries_of
 from schemas import keys
 from schemas.index import TERMINAL
 from schemas.redis_util import translate_redis_errors
+from schemas.workers import HEARTBEAT_TTL_S, WorkerInfo
 
 if TYPE_CHECKING:
     from consumer.aio import AsyncStreamReader
@@ -97,8 +99,12 @@ def active(reader: StreamReader, limit: int = 100) -> list[ActiveRequest]:
 
 
 def events(reader: StreamReader, after: str = "$", count: int = 500) -> Iterator[IndexEvent]:
-    """Endless: yields events as they come (break out of the loop to stop)."""
-    cursor = after if after != "$" else last_id(reader)
+    """Endless: yields events as they come (break out of the loop to stop).  ``"$"`` means
+    "after the newest event at this call", not at the first ``next``."""
+    return _follow(reader, after if after != "$" else last_id(reader), count)
+
+
+def _follow(reader: StreamReader, cursor: str, count: int) -> Iterator[IndexEvent]:
     while True:
         with translate_redis_errors(reader.label):
             reply = reader._client.xread({keys.INDEX_EVENTS_KEY: cursor}, count=count, block=BLOCK_MS)
@@ -156,3 +162,59 @@ async def recent_events_async(reader: AsyncStreamReader, count: int = 500) -> li
     with translate_redis_errors(reader.label):
         entries = await reader._client.xrevrange(keys.INDEX_EVENTS_KEY, count=count)
     return parse_entries(list(reversed(entries or [])))
+
+
+async def workers_async(reader: AsyncStreamReader, max_age_s: float = HEARTBEAT_TTL_S) -> list[WorkerInfo]:
+    """Live workers from their heartbeats (schemas/workers.py), in id order."""
+    with translate_redis_errors(reader.label):
+        since = (time.time() - max_age_s) * 1000
+        ids = await reader._client.zrangebyscore(keys.WORKERS_KEY, since, "+inf")
+        async with reader._client.pipeline(transaction=False) as pipe:
+            for wid in ids:
+                pipe.hgetall(keys.worker_key(_text(wid)))
+            raws = await pipe.execute()
+    return sorted((WorkerInfo.from_mapping(raw) for raw in raws if raw), key=lambda w: w.worker_id)
+
+
+async def counts_async(reader: AsyncStreamReader) -> dict[str, int]:
+    """How many requests are queued and running (the index's sorted sets)."""
+    with translate_redis_errors(reader.label):
+        async with reader._client.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.INDEX_QUEUED_KEY)
+            pipe.zcard(keys.INDEX_RUNNING_KEY)
+            queued, running = await pipe.execute()
+    return {"queued": int(queued), "running": int(running)}
+
+
+async def recent_batches_async(reader: AsyncStreamReader, limit: int = 10) -> list[str]:
+    with translate_redis_errors(reader.label):
+        ids = await reader._client.zrevrange(keys.BATCHES_KEY, 0, limit - 1)
+    return [_text(b) for b in ids]
+
+
+async def read_events_async(
+    reader: AsyncStreamReader, cursor: str, block_ms: int = BLOCK_MS
+) -> tuple[list[IndexEvent], str]:
+    """One XREAD of the feed after ``cursor``: the events and the new cursor."""
+    with translate_redis_errors(reader.label):
+        reply = await reader._client.xread({keys.INDEX_EVENTS_KEY: cursor}, count=500, block=block_ms)
+    entries = entries_of(reply)
+    return parse_entries(entries), (_text(entries[-1][0]) if entries else cursor)
+
+
+async def states_async(reader: AsyncStreamReader, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each request's meta (status, model, worker, tokens) as index-event fields; one round
+    trip.  Ids whose keys are gone are left out.  Live views use it to follow requests
+    whatever the workers write to the index."""
+    with translate_redis_errors(reader.label):
+        async with reader._client.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                pipe.hmget(keys.meta_key(rid), *ACTIVE_FIELDS)
+            replies = await pipe.execute()
+    out: dict[str, dict[str, Any]] = {}
+    for rid, (status, model, worker, tokens, submitted) in zip(request_ids, replies, strict=True):
+        if status is None and submitted is None:
+            continue
+        state = {"id": rid, "s": _text(status) if status else "queued", "tokens": int(tokens or 0)}
+        out[rid] = {**state, "model": _text(model) if model else None, "worker": _text(worker) if worker else None}
+    return out

@@ -1,0 +1,158 @@
+// tokenrelay dashboard: one SSE feed (/v1/dashboard/events), state folded by request id,
+// a bounded window of rows, rendering at most once per animation frame.
+"use strict";
+
+const MAX_REQUESTS = 500;   // kept in memory (oldest ended ones dropped first)
+const ROWS_SHOWN = 100;     // rendered
+const CHART_POINTS = 120;   // one a second: two minutes
+const RANK = { queued: 0, running: 1, progress: 1, cancelling: 2, finished: 3, cancelled: 3, failed: 3 };
+const ENDED = new Set(["finished", "cancelled", "failed"]);
+
+const requests = new Map();  // id -> folded state (schemas/index.py's fold, in JS)
+let workers = [], batches = [], counts = { queued: 0, running: 0 }, tps = 0;
+const history = { tps: [], queue: [] };
+let dirty = false, selected = null, textSource = null;
+
+const $ = (sel) => document.querySelector(sel);
+const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+const num = (x, d = 0) => (x == null ? "" : Number(x).toFixed(d));
+const age = (t) => (t ? `${Math.max(0, Math.round(Date.now() / 1000 - t))}s` : "");
+
+function fold(ev) {
+  if (!ev.id) return;  // batch events: progress comes with the tick
+  const old = requests.get(ev.id) || { id: ev.id, first: ev.t };
+  const { s, ...fields } = ev;
+  let next;
+  if (old.s === undefined || (RANK[s] ?? 0) >= (RANK[old.s] ?? 0)) {
+    next = { ...old, ...fields, s: s === "progress" ? "running" : s };
+  } else {
+    next = { ...fields, ...old };  // a late event only fills gaps
+  }
+  if (next.usage) {
+    next.ttft_s ??= next.usage.ttft_s;
+    next.tps ??= next.usage.decode_tokens_per_s;
+    next.tokens ??= next.usage.completion_tokens;
+  }
+  requests.delete(ev.id);  // re-insert: Map order = last change
+  requests.set(ev.id, next);
+  dirty = true;
+}
+
+function trim() {
+  if (requests.size <= MAX_REQUESTS) return;
+  for (const [id, r] of requests) {  // oldest change first
+    if (requests.size <= MAX_REQUESTS) break;
+    if (ENDED.has(r.s) && id !== selected) requests.delete(id);
+  }
+  while (requests.size > MAX_REQUESTS) requests.delete(requests.keys().next().value);
+}
+
+function onTick(d) {
+  workers = d.workers || []; batches = d.batches || []; counts = d.counts || counts; tps = d.tokens_per_s || 0;
+  push(history.tps, tps); push(history.queue, counts.queued);
+  dirty = true;
+}
+
+function push(list, v) { list.push(v); if (list.length > CHART_POINTS) list.shift(); }
+
+function connect() {
+  const source = new EventSource("/v1/dashboard/events");
+  source.addEventListener("snapshot", (m) => {
+    const d = JSON.parse(m.data);
+    requests.clear();
+    for (const a of d.active || []) fold({ id: a.request_id, s: a.status, t: a.since, model: a.model, worker: a.worker, tokens: a.tokens });
+    for (const ev of d.events || []) fold(ev);
+    onTick(d); trim();
+  });
+  source.addEventListener("events", (m) => { for (const ev of JSON.parse(m.data)) fold(ev); trim(); });
+  source.addEventListener("tick", (m) => onTick(JSON.parse(m.data)));
+  source.onopen = () => { $("#conn").textContent = "live"; $("#conn").className = "pill live"; };
+  source.onerror = () => { $("#conn").textContent = "reconnecting"; $("#conn").className = "pill"; };
+}
+
+function renderRequests() {
+  const rows = [...requests.values()].reverse();
+  rows.sort((a, b) => (ENDED.has(a.s) - ENDED.has(b.s)));  // stable: active first, newest first
+  const shown = rows.slice(0, ROWS_SHOWN);
+  $("#shown").textContent = `(${shown.length} of ${requests.size})`;
+  $("#requests tbody").innerHTML = shown.map((r) => `
+    <tr data-id="${esc(r.id)}" class="${r.id === selected ? "selected" : ""}">
+      <td><code>${esc(r.id.slice(0, 12))}</code></td><td class="status ${esc(r.s)}">${esc(r.s)}</td>
+      <td>${esc((r.model || "").split("/").pop())}</td><td>${esc(r.worker || "")}</td>
+      <td>${num(r.tokens)}</td><td>${num(r.tps, 1)}</td><td>${r.ttft_s == null ? "" : num(r.ttft_s * 1000) + " ms"}</td>
+      <td>${esc(r.finish_reason || "")}</td><td>${age(r.first)}</td>
+      <td>${ENDED.has(r.s) ? "" : `<button data-cancel="${esc(r.id)}">cancel</button>`}</td>
+    </tr>`).join("");
+}
+
+function renderBatches() {
+  $("#batches tbody").innerHTML = batches.map((b) => {
+    const pct = b.total ? Math.floor((100 * b.finished) / b.total) : 0;
+    const live = !b.complete && b.status !== "cancelled";
+    return `<tr data-batch="${esc(b.id)}"><td><code>${esc(b.id.slice(0, 18))}</code></td><td>${esc(b.status)}</td>
+      <td><div class="bar"><i style="width:${pct}%"></i><span class="pct">${b.finished} / ${b.total} (${pct} %)</span></div></td>
+      <td>${num(b.tokens)}</td><td>${live ? `<button data-cancel-batch="${esc(b.id)}">cancel</button>` : ""}</td></tr>`;
+  }).join("");
+}
+
+function renderWorkers() {
+  $("#workers tbody").innerHTML = workers.map((w) => `
+    <tr><td>${esc(w.worker_id)}${w.draining ? " (draining)" : ""}</td><td>${esc(w.model.split("/").pop())}</td>
+    <td>${w.running} / ${w.capacity}</td><td>${num(w.tokens_per_s, 1)}</td><td>${age(w.heartbeat_at)} ago</td></tr>`).join("");
+}
+
+function chart(canvas, values, color) {
+  const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
+  g.clearRect(0, 0, w, h);
+  const max = Math.max(1, ...values);
+  g.strokeStyle = color; g.lineWidth = 1.5; g.beginPath();
+  values.forEach((v, i) => {
+    const x = (i / (CHART_POINTS - 1)) * w, y = h - 4 - (v / max) * (h - 14);
+    i ? g.lineTo(x, y) : g.moveTo(x, y);
+  });
+  g.stroke();
+  g.fillStyle = "#8a96a3"; g.font = "10px sans-serif"; g.fillText(num(max, 0), 2, 10);
+}
+
+function render() {
+  if (dirty) {
+    dirty = false;
+    $("#tps").textContent = num(tps, 1); $("#queued").textContent = counts.queued; $("#running").textContent = counts.running;
+    renderRequests(); renderBatches(); renderWorkers();
+    chart($("#chart-tps"), history.tps, "#4fa3ff"); chart($("#chart-queue"), history.queue, "#d29922");
+  }
+  requestAnimationFrame(render);
+}
+
+function watch(id) {
+  if (textSource) textSource.close();
+  selected = id; dirty = true;
+  $("#stream").hidden = false; $("#stream-id").textContent = id; $("#stream-text").textContent = "";
+  const status = $("#stream-status");
+  status.textContent = "streaming"; status.className = "status running";
+  const texts = [];
+  textSource = new EventSource(`/v1/dashboard/requests/${encodeURIComponent(id)}/stream`);
+  textSource.addEventListener("record", (m) => {
+    const r = JSON.parse(m.data);
+    texts[r.index] = (texts[r.index] || "") + r.text;
+    $("#stream-text").textContent = texts.length > 1 ? texts.map((t, i) => `[${i}] ${t || ""}`).join("\n\n") : texts[0];
+    if (r.usage) {
+      const reasons = r.finish_reason || "";
+      const s = reasons === "cancelled" ? "cancelled" : reasons === "error" || r.error ? "failed" : "finished";
+      status.textContent = s; status.className = `status ${s}`;
+    }
+  });
+  textSource.addEventListener("failure", (m) => { status.textContent = JSON.parse(m.data).message; status.className = "status failed"; });
+  textSource.addEventListener("end", () => textSource.close());
+}
+
+document.addEventListener("click", async (e) => {
+  const t = e.target;
+  if (t.dataset.cancel) { e.stopPropagation(); await fetch(`/v1/dashboard/requests/${encodeURIComponent(t.dataset.cancel)}/cancel`, { method: "POST" }); return; }
+  if (t.dataset.cancelBatch) { await fetch(`/v1/batches/${encodeURIComponent(t.dataset.cancelBatch)}/cancel`, { method: "POST" }); return; }
+  const row = t.closest("#requests tbody tr");
+  if (row) watch(row.dataset.id);
+});
+
+connect();
+requestAnimationFrame(render);
