@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli import batch_cmd, demo, generate_cmd, tail_cmd, worker_cmd
+from cli import batch_cmd, demo, generate_cmd, serve_cmd, tail_cmd, worker_cmd
 from cli.render import EXIT_INTERRUPTED, note, report_error
 from schemas import settings
 from schemas.errors import ValidationError
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_parsers(sub, common)
     tail_cmd.add_parsers(sub, common)
     batch_cmd.add_parser(sub, common)
+    serve_cmd.add_parser(sub, common)
     return parser
 
 
