@@ -19,9 +19,7 @@ class Metrics:
         self.requests = Counter(
             "tokenrelay_gateway_requests", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
         )
-        self.streams = Counter(
-            "tokenrelay_gateway_streams", "SSE streams by how they ended", ["outcome"], registry=r
-        )
+        self.streams = Counter("tokenrelay_gateway_streams", "SSE streams by how they ended", ["outcome"], registry=r)
         self.tokens = Counter("tokenrelay_gateway_tokens", "tokens of finished requests", ["kind"], registry=r)
         self.ttft = Histogram(
             "tokenrelay_gateway_ttft_seconds", "submit to the first record sent", buckets=LATENCY_BUCKETS, registry=r

@@ -69,7 +69,7 @@ def router(gw: Gateway) -> APIRouter:
         cursor = last_event_id or after
         records = reader.stream(request_id, after=cursor, timeout_s=None)  # a bad cursor: 400 here
         head = render.Head("chat" if info.api == "chat" else "completion", request_id,
-                           info.model or "tokenrelay", int(time.time()))  # fmt: skip
+                           info.model or "tokenrelay", int(info.submitted_at or time.time()))  # fmt: skip
         renderer = render.ChunkRenderer(head, include_usage=True, from_start=cursor in ("0", "0-0"))
         observer = Observer(gw.metrics, None, generation=False)
         body = record_events(reader, request_id, records, renderer, observer, cancel_on_disconnect=False)

@@ -28,6 +28,7 @@ class RequestInfo:
     model: str | None
     api: str  # completion or chat: how its events are rendered
     last_entry_id: str | None
+    submitted_at: float  # unix s ("created" in its events: the same in every replay)
 
 
 def _text(value: object) -> str | None:
@@ -47,7 +48,8 @@ async def lookup(reader: AsyncStreamReader, request_id: str) -> RequestInfo:
     if submitted is None and status is None and last_id is None:
         raise RequestNotFound(request_id, f"request {request_id} is unknown or expired")
     state = _text(status) or ("running" if last_id else "queued")
-    return RequestInfo(request_id, state, _text(model) or None, _text(api) or "completion", last_id)
+    created = float(_text(submitted) or 0.0)
+    return RequestInfo(request_id, state, _text(model) or None, _text(api) or "completion", last_id, created)
 
 
 async def remember_api(reader: AsyncStreamReader, request_id: str, api: str) -> None:

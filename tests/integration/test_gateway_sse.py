@@ -1,0 +1,145 @@
+"""SSE through a real gateway process: ids, resume after a dropped connection, disconnect
+cancels, background + retrieve + resume, error events, keep-alives, metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.gateway_process import gateway_process, wait_for_worker
+from tests.support.sse_client import Event, events, read_all
+from workers.launcher import Stack
+
+pytestmark = pytest.mark.integration
+
+LONG = {"prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": True, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_stack: Stack) -> Iterator[tuple[str, str]]:
+    with gateway_process(tiny_stack.url) as base:
+        yield base, wait_for_worker(base)
+
+
+@pytest.fixture
+def http(gateway: tuple[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway[0], timeout=60) as client:
+        yield client
+
+
+def background(http: httpx.Client, model: str, **body: object) -> str:
+    reply = http.post("/v1/completions", json={"model": model, **LONG, **body, "background": True})
+    assert reply.status_code == 202, reply.text
+    rid = reply.json()["id"]
+    assert reply.headers["x-request-id"] == rid
+    return str(rid)
+
+
+def wait_status(http: httpx.Client, rid: str, want: str, timeout_s: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = http.get(f"/v1/requests/{rid}").json()
+        if body["status"] == want:
+            return dict(body)
+        time.sleep(0.1)
+    raise AssertionError(f"{rid} never reached {want}: {body}")
+
+
+def test_stream_ids_and_done(http: httpx.Client, gateway: tuple[str, str]) -> None:
+    body = {"model": gateway[1], "prompt": "Hi", "max_tokens": 5, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    response, evs = read_all(http, "POST", "/v1/completions", json=body)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-request-id"]
+    assert evs[-1].data == "[DONE]"
+    assert all(e.id for e in evs), "every event carries the stream entry id"
+    assert evs[-2].json()["usage"]["completion_tokens"] == 5 and evs[-2].json()["choices"] == []
+
+
+def test_resume_after_dropped_connection(http: httpx.Client, gateway: tuple[str, str]) -> None:
+    rid = background(http, gateway[1])
+    first: list[Event] = []
+    with http.stream("GET", f"/v1/requests/{rid}/events") as response:
+        for event in events(response):
+            first.append(event)
+            if len(first) == 7:
+                break  # the connection drops here
+    resume = {"Last-Event-ID": str(first[-1].id)}
+    rest_response, rest = read_all(http, "GET", f"/v1/requests/{rid}/events", headers=resume)
+    assert rest_response.status_code == 200
+    _, full = read_all(http, "GET", f"/v1/requests/{rid}/events")
+    assert [(e.id, e.data) for e in first + rest] == [(e.id, e.data) for e in full]
+    _, by_query = read_all(http, "GET", f"/v1/requests/{rid}/events", params={"after": first[-1].id})
+    assert [e.data for e in by_query] == [e.data for e in rest]
+
+
+def test_disconnect_cancels(http: httpx.Client, gateway: tuple[str, str], tiny_stack: Stack) -> None:
+    body = {"model": gateway[1], **LONG, "max_tokens": 2000, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        rid = response.headers["x-request-id"]
+        for i, _ in enumerate(events(response)):
+            if i == 3:
+                break
+    result = tiny_stack.reader.result(rid, timeout_s=30)
+    assert result.finish_reason == "cancelled"
+    assert wait_status(http, rid, "cancelled")["choices"][0]["tokenrelay_finish_reason"] == "cancelled"  # type: ignore[index]
+
+
+def test_background_retrieve_resume_and_cancel(http: httpx.Client, gateway: tuple[str, str]) -> None:
+    rid = background(http, gateway[1], max_tokens=8)
+    done = wait_status(http, rid, "finished")
+    _, evs = read_all(http, "GET", f"/v1/requests/{rid}/events")
+    text = "".join(c["text"] for e in evs[:-1] for c in e.json()["choices"])
+    assert done["choices"][0]["text"] == text  # type: ignore[index]
+    assert done["usage"]["completion_tokens"] == 8  # type: ignore[index]
+
+    running = background(http, gateway[1], max_tokens=5000)
+    reply = http.post(f"/v1/requests/{running}/cancel")
+    assert reply.status_code == 200 and reply.headers["x-request-id"] == running
+    assert wait_status(http, running, "cancelled")["status"] == "cancelled"
+
+
+def test_chat_events_replay_as_chat_chunks(http: httpx.Client, gateway: tuple[str, str]) -> None:
+    body = {"model": gateway[1], "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "background": True}
+    rid = http.post("/v1/chat/completions", json=body).json()["id"]
+    _, evs = read_all(http, "GET", f"/v1/requests/{rid}/events")
+    assert evs[0].json()["object"] == "chat.completion.chunk"
+    assert evs[0].json()["choices"][0]["delta"]["role"] == "assistant"
+
+
+def test_failed_request_streams_an_error_event(http: httpx.Client, gateway: tuple[str, str]) -> None:
+    body = {"model": gateway[1], "prompt": "hello world " * 4000, "max_tokens": 5, "stream": True}
+    _, evs = read_all(http, "POST", "/v1/completions", json=body)
+    assert evs[-1].data == "[DONE]"
+    error = evs[-2].json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
+    assert evs[-3].json()["choices"][0]["tokenrelay_finish_reason"] == "error"
+    whole = http.post("/v1/completions", json={**body, "stream": False})
+    assert whole.status_code == 400 and whole.json()["error"]["code"] == "context_length_exceeded"
+    assert whole.headers["x-request-id"]
+
+
+def test_metrics(http: httpx.Client) -> None:
+    text = http.get("/metrics").text
+    for name in ("tokenrelay_gateway_requests_total", "tokenrelay_gateway_ttft_seconds_bucket",
+                 "tokenrelay_gateway_e2e_seconds_count", "tokenrelay_gateway_tokens_total",
+                 "tokenrelay_gateway_active_streams", "tokenrelay_gateway_sse_clients"):  # fmt: skip
+        assert name in text
+    assert 'endpoint="/v1/completions",outcome="ok"' in text
+
+
+def test_keepalive_and_not_ready_without_worker(server_factory: object) -> None:
+    url = server_factory()  # type: ignore[operator]
+    with gateway_process(url, extra=["--keepalive-s", "0.3"]) as base, httpx.Client(base_url=base, timeout=30) as http:
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["workers"] == 0
+        assert ready.headers["retry-after"]
+        rid = http.post("/v1/completions", json={"prompt": "Hi", "background": True}).json()["id"]
+        assert http.get(f"/v1/requests/{rid}").json()["status"] == "queued"
+        with http.stream("GET", f"/v1/requests/{rid}/events") as response:
+            first = next(events(response))
+        assert first.comment and first.data == "keep-alive"
+        http.post(f"/v1/requests/{rid}/cancel")
