@@ -87,3 +87,15 @@ def test_dockerfile_healthcheck_matches_compose() -> None:
     assert json.loads(health.split(" CMD ", 1)[1]) == HEALTH_TEST
     cmd = next(line for line in lines if line.startswith("CMD"))
     assert json.loads(cmd[len("CMD") :]) == ["worker", "--ready-file", READY_FILE]
+
+
+def test_gateway_service_serves_and_has_a_healthcheck() -> None:
+    gateway = compose()["services"]["gateway"]
+    assert gateway["entrypoint"] == ["tokenrelay"] and gateway["command"][0] == "serve"
+    assert "--host" in gateway["command"] and "0.0.0.0" in gateway["command"]
+    assert gateway["environment"]["TOKENRELAY_REDIS_URL"] == "redis://redis:6379/0"
+    assert "gateway" in gateway["build"]["args"]["EXTRAS"]
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    test = gateway["healthcheck"]["test"]
+    assert test[0] == "CMD" and any("/healthz" in part for part in test)
+    assert any(port.endswith(":8000") for port in gateway["ports"])
