@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import build_parser
+from tests.support.gateway_process import gateway_process, wait_for_worker
 from workers.launcher import Stack
 
 pytestmark = pytest.mark.integration
@@ -108,7 +109,10 @@ def readme_env(smol_stack: Stack) -> Iterator[dict[str, str]]:
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(ROOT),
     }
-    yield env
+    # The gateway's examples (curl, openai) talk to a real `tokenrelay serve` at $GATEWAY.
+    with gateway_process(smol_stack.url) as base:
+        wait_for_worker(base)
+        yield env | {"GATEWAY": base}
 
 
 def runnable() -> list[Block]:
