@@ -16,6 +16,7 @@ from typing import Any
 from schemas.errors import ValidationError
 
 MAX_N = 64
+MAX_TOKENS = 1_000_000  # upper bound of max_tokens: far above any context window, below abuse
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 
@@ -24,7 +25,7 @@ MAX_STOP_STRINGS = 16
 class GenerationConfig:
     """Sampling and stopping parameters of one request (vLLM / OpenAI semantics).
 
-    - ``max_tokens``: new tokens per choice, 1 and up.
+    - ``max_tokens``: new tokens per choice, 1 to ``MAX_TOKENS`` (1,000,000).
     - ``temperature``: 0 means greedy (argmax); otherwise logits are divided by it.
     - ``top_p``: nucleus sampling, 0 < p <= 1 (1 = off).  ``top_k``: 0 = off.
     - ``seed``: same seed, config and model give the same tokens (see README, "Determinism").
@@ -58,10 +59,8 @@ class GenerationConfig:
             object.__setattr__(self, "stop", tuple(self.stop))
         if isinstance(self.stop_token_ids, Iterable) and not isinstance(self.stop_token_ids, (str, bytes, Mapping)):
             object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-        if isinstance(self.temperature, int) and not isinstance(self.temperature, bool):
-            object.__setattr__(self, "temperature", float(self.temperature))
-        if isinstance(self.top_p, int) and not isinstance(self.top_p, bool):
-            object.__setattr__(self, "top_p", float(self.top_p))
+        object.__setattr__(self, "temperature", _int_to_float(self.temperature))
+        object.__setattr__(self, "top_p", _int_to_float(self.top_p))
         _validate(self)
 
     @property
@@ -122,8 +121,27 @@ def _bool(name: str, value: object) -> None:
         raise ValidationError(name, f"must be true or false, got {value!r}")
 
 
+def _int_to_float(value: object) -> object:
+    """An int where a float is expected becomes a float; one too large for a float becomes
+    inf, which validation then refuses by name (not an OverflowError)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _validate(c: GenerationConfig) -> None:
-    _int("max_tokens", c.max_tokens, 1)
+    _int("max_tokens", c.max_tokens, 1, MAX_TOKENS)
     if _float("temperature", c.temperature) < 0:
         raise ValidationError("temperature", f"must be >= 0 (0 = greedy), got {c.temperature}")
     if not 0 < _float("top_p", c.top_p) <= 1:
@@ -138,6 +156,8 @@ def _validate(c: GenerationConfig) -> None:
     for s in c.stop:
         if not isinstance(s, str) or not s:
             raise ValidationError("stop", f"each stop string must be a non-empty string, got {s!r}")
+        if not _encodable(s):
+            raise ValidationError("stop", "a stop string holds a lone surrogate (not valid Unicode text)")
     if not isinstance(c.stop_token_ids, tuple) or not all(_is_int(t) and t >= 0 for t in c.stop_token_ids):
         raise ValidationError(
             "stop_token_ids", f"must be a list of token ids (integers >= 0), got {c.stop_token_ids!r}"
@@ -152,4 +172,4 @@ def _validate(c: GenerationConfig) -> None:
     _bool("skip_special_tokens", c.skip_special_tokens)
 
 
-__all__ = ["FIELD_NAMES", "MAX_N", "MAX_TOP_LOGPROBS", "GenerationConfig", "check_known_fields"]
+__all__ = ["FIELD_NAMES", "MAX_N", "MAX_TOKENS", "MAX_TOP_LOGPROBS", "GenerationConfig", "check_known_fields"]

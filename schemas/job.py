@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +46,8 @@ class Job:
             raise ValidationError("prompt", f"must be a string, got {type(self.prompt).__name__}")
         if self.prompt is not None and not self.prompt:
             raise ValidationError("prompt", "must not be empty")
+        if self.prompt is not None:
+            check_text("prompt", self.prompt)
         if self.messages is not None:
             check_messages(self.messages)
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -93,20 +98,55 @@ class Job:
             extra=dict(extra),
         )
 
+    def digest(self) -> str:
+        """What makes two submits "the same job" for an idempotent submit under one caller-supplied
+        id: prompt or messages, model and config (not the submit time, TTL or bookkeeping extras)."""
+        same = {"prompt": self.prompt, "messages": self.messages, "model": self.model, "config": self.config.to_dict()}
+        blob = json.dumps(same, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
 
 JOB_VERSION = 1
+MAX_TTL_S = 10 * 365 * 86_400  # Redis takes larger EXPIREs, but such a value is a mistake
 _FIELDS = ("v", "request_id", "config", "submitted_at", "prompt", "messages", "model", "ttl_s", "extra")
 
 
+def request_id_of(payload: object) -> str | None:
+    """The request id of a raw task payload, even when the rest of it is invalid (so that a
+    worker can end such a request with an ``error`` record); None when there is no usable one."""
+    rid = payload.get("request_id") if isinstance(payload, Mapping) else None
+    try:
+        return check_request_id(rid)
+    except ValidationError:
+        return None
+
+
+def check_text(field: str, text: str) -> str:
+    """Text that must become UTF-8 for the tokenizer: a lone surrogate (``"\\ud800"``, which
+    JSON and Python strings allow) cannot, and would fail later as a raw tokenizer error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        message = f"holds a lone surrogate at position {exc.start} (not valid Unicode text)"
+        raise ValidationError(field, message) from None
+    return text
+
+
 def _number(value: object, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError(field, f"must be a number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValidationError(field, f"must be a finite number, got {value!r}")
+    return number
 
 
 def _ttl(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError("ttl_s", f"must be an integer number of seconds >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TTL_S:
+        raise ValidationError("ttl_s", f"must be an integer number of seconds from 1 to {MAX_TTL_S}, got {value!r}")
     return value
 
 
@@ -120,4 +160,7 @@ def check_messages(messages: object) -> list[dict[str, str]]:
             raise ValidationError(f"messages[{i}].role", f"must be one of {', '.join(_ROLES)}, got {m['role']!r}")
         if not isinstance(m["content"], str):
             raise ValidationError(f"messages[{i}].content", "must be a string")
+        check_text(f"messages[{i}].content", m["content"])
+        if "name" in m and not isinstance(m["name"], str):
+            raise ValidationError(f"messages[{i}].name", "must be a string")
     return [dict(m) for m in messages]

@@ -203,29 +203,68 @@ def _record_from_map(m: dict[str, Any], entry_id: str | None) -> Record:
         index=index,
         text=text,
         token_ids=token_ids,
-        logprobs=None if lps is None else [_token_logprob(x) for x in lps],
+        logprobs=None if lps is None else _logprobs(lps),
         finish_reason=finish,
         usage=None if usage is None else _usage(usage),
-        error=None if error is None else ErrorInfo(type=str(error["type"]), message=str(error["message"])),
+        error=None if error is None else _error(error),
         v=m["v"],
         entry_id=entry_id,
     )
 
 
-def _token_logprob(x: dict[str, Any]) -> TokenLogprob:
+def _logprobs(lps: Any) -> list[TokenLogprob]:
+    _check(type(lps) is list, "logprobs must be a list or nil")
+    return [_token_logprob(x) for x in lps]
+
+
+def _token_logprob(x: Any) -> TokenLogprob:
+    _check(type(x) is dict, "each logprobs entry must be a map")
+    tops = x.get("top_logprobs") or []
+    _check(type(tops) is list, "top_logprobs must be a list")
     return TokenLogprob(
-        token=x["token"],
-        bytes=list(x["bytes"]),
-        logprob=float(x["logprob"]),
-        top_logprobs=[
-            TopLogprob(t["token"], list(t["bytes"]), float(t["logprob"])) for t in x.get("top_logprobs") or []
-        ],
+        token=_token_text(x["token"]),
+        bytes=_byte_list(x["bytes"]),
+        logprob=_number(x["logprob"], "logprob"),
+        top_logprobs=[_top_logprob(t) for t in tops],
     )
 
 
+def _top_logprob(t: Any) -> TopLogprob:
+    _check(type(t) is dict, "each top_logprobs entry must be a map")
+    return TopLogprob(_token_text(t["token"]), _byte_list(t["bytes"]), _number(t["logprob"], "logprob"))
+
+
+def _token_text(value: Any) -> str:
+    _check(type(value) is str, "a logprob's token must be a string")
+    return str(value)
+
+
+def _byte_list(value: Any) -> list[int]:
+    _check(type(value) is list and all(type(b) is int and 0 <= b < 256 for b in value), "bytes must be a list of bytes")
+    return list(value)
+
+
+def _number(value: Any, what: str) -> float:
+    _check(type(value) in (int, float), f"{what} must be a number")
+    return float(value)
+
+
+def _error(e: Any) -> ErrorInfo:
+    _check(type(e) is dict and type(e.get("type")) is str and type(e.get("message")) is str,
+           "error must be a map of strings type and message")  # fmt: skip
+    return ErrorInfo(type=e["type"], message=e["message"])
+
+
 _USAGE_FIELDS = tuple(Usage.__dataclass_fields__)
+_USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
-def _usage(u: dict[str, Any]) -> Usage:
+def _usage(u: Any) -> Usage:
     _check(isinstance(u, dict), "usage must be a map")
-    return Usage(**{k: u[k] for k in _USAGE_FIELDS if k in u})
+    values = {k: u[k] for k in _USAGE_FIELDS if k in u}
+    for k, v in values.items():
+        if k in _USAGE_COUNTS:
+            _check(type(v) is int and v >= 0, f"usage.{k} must be an int >= 0")
+        else:
+            _check(v is None or type(v) in (int, float), f"usage.{k} must be a number or nil")
+    return Usage(**values)
