@@ -19,9 +19,10 @@ from consumer.connection import check_binary, describe
 from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
 from schemas import keys, settings
-from schemas.errors import RelayConnectionError
+from schemas.cancel import CancelOutcome
+from schemas.errors import RelayConnectionError, RequestNotFound
 from schemas.records import Record
-from schemas.redis_util import connect_async, translate_redis_errors
+from schemas.redis_util import connect_async, run_cancel_async, translate_redis_errors
 
 _FINALIZER_ITERATIONS = 3  # two are needed; one spare
 
@@ -44,27 +45,37 @@ class AsyncStreamReader:
         self._exits: set[asyncio.Future[None]] = set()
 
     def stream(
-        self, request_id: str, after: str = START, timeout_s: float | None = 30.0, cancel_on_exit: bool = False
+        self,
+        request_id: str,
+        after: str = START,
+        timeout_s: float | None = 30.0,
+        cancel_on_exit: bool = False,
+        *,
+        queue_timeout_s: float | None = None,
     ) -> AsyncGenerator[Record, None]:
         """``async for`` the request's records from after entry id ``after`` until the last one."""
         # Built here, not in the generator, so that a bad argument raises at the call.
-        core = ReaderCore(request_id, after=after, timeout_s=timeout_s)
+        # timeout_s: silence of a running request; queue_timeout_s: time waiting for a worker
+        # (None: as long as the request exists).  See consumer/core.py.
+        core = ReaderCore(request_id, after=after, timeout_s=timeout_s, queue_timeout_s=queue_timeout_s)
         gen = self._stream(core, cancel_on_exit)
         self._open.add(gen)
         return gen
 
-    async def result(self, request_id: str, timeout_s: float | None = 30.0) -> Result:
+    async def result(
+        self, request_id: str, timeout_s: float | None = 30.0, *, queue_timeout_s: float | None = None
+    ) -> Result:
         """Read the whole request and return it folded per choice."""
-        core = ReaderCore(request_id, timeout_s=timeout_s)
+        core = ReaderCore(request_id, timeout_s=timeout_s, queue_timeout_s=queue_timeout_s)
         async for _ in self._stream(core, cancel_on_exit=False):
             pass
         return core.result()
 
-    async def cancel(self, request_id: str) -> None:
-        """Ask the worker to stop the request (the key expires by itself)."""
-        with translate_redis_errors(self.label):
-            key, value, ttl = keys.cancel_set_args(request_id, settings.ttl_s())
-            await self._client.set(key, value, ex=ttl)
+    async def cancel(self, request_id: str) -> CancelOutcome:
+        """Stop the request: a queued one ends at once (as ``cancelled``), a running one at
+        its worker's next step, an ended one is left alone (see schemas/cancel.py).  Returns
+        what happened; an unknown or expired id raises ``RequestNotFound``."""
+        return await run_cancel_async(self._client, self.label, request_id, settings.ttl_s())
 
     # The request index and batches: consumer/index.py and consumer/batch_io.py.
     async def active(self, limit: int = 100) -> list[index.ActiveRequest]:
@@ -127,18 +138,23 @@ class AsyncStreamReader:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._exits.add(done)
         try:
-            await self.cancel(request_id)
+            # Keys that expired meanwhile: nothing left to stop, and the error in flight (if
+            # any) is the one to see.
+            with contextlib.suppress(RequestNotFound):
+                await self.cancel(request_id)
         finally:
             self._exits.discard(done)
             done.set_result(None)
 
-    async def _probe(self, request_id: str) -> tuple[list[tuple[Any, Any]], bool]:
+    async def _probe(self, request_id: str) -> tuple[list[tuple[Any, Any]], bool, bool, bytes | None]:
         with translate_redis_errors(self.label):
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.xrevrange(keys.deltas_key(request_id), count=1)
                 pipe.exists(keys.meta_key(request_id))
-                last, meta = await pipe.execute()
-        return list(last), bool(meta)
+                pipe.exists(keys.lease_key(request_id))
+                pipe.hget(keys.meta_key(request_id), "status")
+                last, meta, lease, status = await pipe.execute()
+        return list(last), bool(meta), bool(lease), status
 
     async def _read(self, request_id: str, action: Read) -> object:
         with translate_redis_errors(self.label):

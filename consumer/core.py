@@ -4,7 +4,7 @@ A shell loops::
 
     while not isinstance(action := core.next_action(clock()), Done):
         if isinstance(action, Probe):
-            core.on_probe(*<XREVRANGE deltas + - COUNT 1, EXISTS meta>)
+            core.on_probe(*<XREVRANGE deltas + - COUNT 1, EXISTS meta, EXISTS lease, HGET meta status>)
         elif isinstance(action, Backoff):
             sleep(action.delay_s)
         else:
@@ -14,6 +14,13 @@ and reports a failed round trip with ``core.on_connection_error(exc, clock())``.
 `next_action` raises the stream's outcome when there is one to raise (StreamTimeout,
 RequestNotFound, SchemaError, GenerationFailed); the records of a reply are always handed
 back before any error found in that reply, so a caller sees everything valid first.
+
+Queued is not silent.  A request that is still waiting for a worker (meta exists, no stream
+yet, no worker's lease key, meta status ``queued``) has nothing to say yet, however long the
+queue: while it is queued ``timeout_s`` does not run (it measures the silence of a *running*
+request, from the moment it leaves the queue).  ``queue_timeout_s`` bounds the time in the
+queue instead: None (the default) waits as long as the request exists; its keys expire after
+their TTL (1 h by default), and then the reader raises RequestNotFound.
 """
 
 from __future__ import annotations
@@ -40,8 +47,8 @@ _ENTRY_ID_RE = re.compile(r"^\d+(-\d+)?$")
 
 @dataclass(frozen=True)
 class Probe:
-    """Ask whether the request exists and how its stream ends: XREVRANGE deltas + - COUNT 1
-    and EXISTS meta (one round trip)."""
+    """Ask whether the request exists, whether it is still queued and how its stream ends:
+    XREVRANGE deltas + - COUNT 1, EXISTS meta, EXISTS lease, HGET meta status (one round trip)."""
 
 
 @dataclass(frozen=True)
@@ -76,21 +83,31 @@ def check_after(after: object) -> str:
     return after
 
 
-def check_timeout(timeout_s: object) -> float | None:
+def check_timeout(timeout_s: object, name: str = "timeout_s") -> float | None:
     if timeout_s is None:
         return None
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s >= 0:
-        raise ValidationError("timeout_s", f"must be a number of seconds >= 0 or None, got {timeout_s!r}")
+        raise ValidationError(name, f"must be a number of seconds >= 0 or None, got {timeout_s!r}")
     return float(timeout_s)
 
 
 class ReaderCore:
     """State of one read of one request: cursor, expected seq, idle deadline, outcome."""
 
-    def __init__(self, request_id: str, *, after: str = START, timeout_s: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        *,
+        after: str = START,
+        timeout_s: float | None = 30.0,
+        queue_timeout_s: float | None = None,
+    ) -> None:
         self.request_id = keys.check_request_id(request_id)
         self.after = check_after(after)
         self.timeout_s = check_timeout(timeout_s)
+        self.queue_timeout_s = check_timeout(queue_timeout_s, "queue_timeout_s")
+        self._queued = False  # the last probe found the request waiting for a worker
+        self._queued_since: float | None = None  # when a probe first found it queued
         # From the start the first record must be seq 0; from a cursor, whatever comes first.
         self._expected_seq: int | None = 0 if after in (START, "0-0") else None
         self._deadline: float | None = None  # set on the first next_action: the shell's clock
@@ -117,9 +134,26 @@ class ReaderCore:
             return self._backoff(now)
         if self._needs_probe:
             return Probe()
-        if self._idle and self._deadline is not None and now >= self._deadline:
+        if self._queued:
+            self._while_queued(now)
+        elif self._idle and self._deadline is not None and now >= self._deadline:
             raise StreamTimeout(self.request_id, self._timeout_message())
         return Read(block_ms=self._block_ms(now), count=READ_COUNT, after=self.after)
+
+    def _while_queued(self, now: float) -> None:
+        """Waiting for a worker is not silence: the idle deadline starts again when the
+        request leaves the queue; only ``queue_timeout_s`` limits the wait."""
+        if self._queued_since is None:
+            self._queued_since = now
+        self._deadline = self._deadline_from(now)
+        limit = self._queue_deadline()
+        if self._idle and limit is not None and now >= limit:
+            raise StreamTimeout(self.request_id, self._queue_timeout_message(now))
+
+    def _queue_deadline(self) -> float | None:
+        if self.queue_timeout_s is None or self._queued_since is None:
+            return None
+        return self._queued_since + self.queue_timeout_s
 
     def on_connection_error(self, error: Exception, now: float) -> None:
         """The shell's I/O failed to reach Redis (dropped connection, restart): retry with
@@ -140,10 +174,19 @@ class ReaderCore:
     def _reached(self) -> None:
         self._down_since, self._retries = None, 0
 
-    def on_probe(self, last_entries: Sequence[tuple[Any, Mapping[Any, Any]]], meta_exists: bool) -> None:
-        """``last_entries``: the stream's last entry (empty when there is no stream)."""
+    def on_probe(
+        self,
+        last_entries: Sequence[tuple[Any, Mapping[Any, Any]]],
+        meta_exists: bool,
+        lease_exists: bool | None = None,
+        status: str | bytes | None = None,
+    ) -> None:
+        """``last_entries``: the stream's last entry (empty when there is no stream);
+        ``lease_exists``: whether a worker holds the request's lease key (None: not asked,
+        the request is then never taken as queued); ``status``: the meta's status field."""
         self._reached()
         self._needs_probe = False
+        self._queued = is_queued(last_entries, meta_exists, lease_exists, status)
         if not last_entries and not meta_exists:
             self._not_found = True
             self._pending = RequestNotFound(
@@ -188,6 +231,11 @@ class ReaderCore:
         return out
 
     # -- outcome ---------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> bool:
+        """The last probe found the request waiting for a worker."""
+        return self._queued
 
     @property
     def ended(self) -> bool:
@@ -237,17 +285,36 @@ class ReaderCore:
         return None if self.timeout_s is None else now + self.timeout_s
 
     def _block_ms(self, now: float) -> int:
-        if self._deadline is None:
+        deadline = self._queue_deadline() if self._queued else self._deadline
+        if deadline is None:
             return MAX_BLOCK_MS
         # Never 0: BLOCK 0 means "forever" to Redis.
-        remaining_ms = math.ceil((self._deadline - now) * 1000)
+        remaining_ms = math.ceil((deadline - now) * 1000)
         return max(1, min(MAX_BLOCK_MS, remaining_ms))
+
+    def _queue_timeout_message(self, now: float) -> str:
+        waited = now - (self._queued_since or now)
+        return (
+            f"request {self.request_id} is still queued after {waited:.1f} s "
+            f"(queue_timeout_s={self.queue_timeout_s:g}): no worker has started it"
+        )
 
     def _timeout_message(self) -> str:
         return (
             f"no record for request {self.request_id} within {self.timeout_s:g} s "
             f"(waiting after entry {self.after}); the stream did not end"
         )
+
+
+def is_queued(
+    last_entries: Sequence[object], meta_exists: bool, lease_exists: bool | None, status: str | bytes | None
+) -> bool:
+    """Submitted, no record yet, and no worker has started it.  A meta status other than
+    ``queued`` with no stream (a worker that died before its first record, say) is a running
+    request's silence: its takeover is what the reader waits for, under ``timeout_s``."""
+    if lease_exists is None or lease_exists or last_entries or not meta_exists:
+        return False
+    return status is None or _text(status) == "queued"
 
 
 def entries_of(reply: Any) -> list[tuple[Any, Mapping[Any, Any]]]:

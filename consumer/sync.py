@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -15,9 +16,10 @@ from consumer.connection import check_binary, describe
 from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
 from schemas import keys, settings
-from schemas.errors import RelayConnectionError
+from schemas.cancel import CancelOutcome
+from schemas.errors import RelayConnectionError, RequestNotFound
 from schemas.records import Record
-from schemas.redis_util import connect, translate_redis_errors
+from schemas.redis_util import connect, run_cancel, translate_redis_errors
 
 
 class StreamReader:
@@ -33,25 +35,35 @@ class StreamReader:
         check_binary(client.connection_pool.connection_kwargs)
 
     def stream(
-        self, request_id: str, after: str = START, timeout_s: float | None = 30.0, cancel_on_exit: bool = False
+        self,
+        request_id: str,
+        after: str = START,
+        timeout_s: float | None = 30.0,
+        cancel_on_exit: bool = False,
+        *,
+        queue_timeout_s: float | None = None,
     ) -> Iterator[Record]:
         """Yield the request's records from after entry id ``after`` until the last one."""
         # Built here, not in the generator, so that a bad argument raises at the call.
-        core = ReaderCore(request_id, after=after, timeout_s=timeout_s)
+        # timeout_s: silence of a running request; queue_timeout_s: time waiting for a worker
+        # (None: as long as the request exists).  See consumer/core.py.
+        core = ReaderCore(request_id, after=after, timeout_s=timeout_s, queue_timeout_s=queue_timeout_s)
         return self._stream(core, cancel_on_exit)
 
-    def result(self, request_id: str, timeout_s: float | None = 30.0) -> Result:
+    def result(
+        self, request_id: str, timeout_s: float | None = 30.0, *, queue_timeout_s: float | None = None
+    ) -> Result:
         """Read the whole request and return it folded per choice."""
-        core = ReaderCore(request_id, timeout_s=timeout_s)
+        core = ReaderCore(request_id, timeout_s=timeout_s, queue_timeout_s=queue_timeout_s)
         for _ in self._stream(core, cancel_on_exit=False):
             pass
         return core.result()
 
-    def cancel(self, request_id: str) -> None:
-        """Ask the worker to stop the request (the key expires by itself)."""
-        with translate_redis_errors(self.label):
-            key, value, ttl = keys.cancel_set_args(request_id, settings.ttl_s())
-            self._client.set(key, value, ex=ttl)
+    def cancel(self, request_id: str) -> CancelOutcome:
+        """Stop the request: a queued one ends at once (as ``cancelled``), a running one at
+        its worker's next step, an ended one is left alone (see schemas/cancel.py).  Returns
+        what happened; an unknown or expired id raises ``RequestNotFound``."""
+        return run_cancel(self._client, self.label, request_id, settings.ttl_s())
 
     # The request index and batches: consumer/index.py and consumer/batch_io.py.
     def active(self, limit: int = 100) -> list[index.ActiveRequest]:
@@ -98,14 +110,19 @@ class StreamReader:
                 yield from core.on_reply(reply, time.monotonic())
         finally:
             if cancel_on_exit and core.should_cancel_on_exit:
-                self.cancel(core.request_id)
+                # Keys that expired meanwhile: nothing left to stop, and the error in flight
+                # (if any) is the one to see.
+                with contextlib.suppress(RequestNotFound):
+                    self.cancel(core.request_id)
 
-    def _probe(self, request_id: str) -> tuple[list[tuple[Any, Any]], bool]:
+    def _probe(self, request_id: str) -> tuple[list[tuple[Any, Any]], bool, bool, bytes | None]:
         with translate_redis_errors(self.label), self._client.pipeline(transaction=False) as pipe:
             pipe.xrevrange(keys.deltas_key(request_id), count=1)
             pipe.exists(keys.meta_key(request_id))
-            last, meta = pipe.execute()
-        return list(last), bool(meta)
+            pipe.exists(keys.lease_key(request_id))
+            pipe.hget(keys.meta_key(request_id), "status")
+            last, meta, lease, status = pipe.execute()
+        return list(last), bool(meta), bool(lease), status
 
     def _read(self, request_id: str, action: Read) -> object:
         with translate_redis_errors(self.label):

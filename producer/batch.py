@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from producer.batch_items import BatchItem, parse_items
 from schemas import index, keys
-from schemas.errors import RelayConnectionError, ValidationError
+from schemas.cancel import SCRIPT as CANCEL_SCRIPT
+from schemas.cancel import CancelCall
+from schemas.errors import RelayConnectionError, RequestNotFound, ValidationError
 from schemas.job import TASK_NAME, Job, queue_for_model
 from schemas.redis_util import translate_redis_errors
 
@@ -82,18 +84,40 @@ def resume_batch(
 
 
 def cancel_batch(producer: Producer, batch_id: str, chunk_size: int = 2000) -> int:
-    """Ask every item of the batch to stop (queued items end as cancelled when a worker
-    reaches them, at once); returns how many cancel keys were set.  Idempotent."""
+    """Stop every item of the batch with the cancel script (schemas/cancel.py), pipelined per
+    chunk: queued items end at once as cancelled, running ones at their worker's next step;
+    ended or expired ones are left alone.  Returns the number of items.  Idempotent."""
     rids = [item["id"] for item in load_items(producer, batch_id).values()]
     with translate_redis_errors(producer.redis_url):
         for start in range(0, len(rids), chunk_size):
-            pipe = producer._redis.pipeline(transaction=False)
-            for rid in rids[start : start + chunk_size]:
-                key, value, ttl = keys.cancel_set_args(rid, producer.ttl_s)
-                pipe.set(key, value, ex=ttl)
-            pipe.execute()
+            _cancel_chunk(producer, rids[start : start + chunk_size])
     _set_status(producer, batch_id, "cancelled")
     return len(rids)
+
+
+def _cancel_chunk(producer: Producer, rids: Sequence[str]) -> None:
+    pending = [CancelCall(rid, producer.ttl_s) for rid in rids]
+    done: list[CancelCall] = []
+    now = time.time()
+    while pending:  # a second round only for the queued items (they need their records)
+        pipe = producer._redis.pipeline(transaction=False)
+        for call in pending:
+            pipe.eval(CANCEL_SCRIPT, len(call.keys), *call.keys, *call.args)
+        replies, now = pipe.execute(), time.time()
+        again: list[CancelCall] = []
+        for call, reply in zip(pending, replies, strict=True):
+            try:
+                outcome = call.on_reply(reply, now)
+            except RequestNotFound:  # an item whose keys expired: nothing to stop
+                continue
+            (again if outcome is None else done).append(call)
+        pending = again
+    commands = [command for call in done for command in call.index_commands(now)]
+    if commands:
+        pipe = producer._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        pipe.execute()
 
 
 def load_items(producer: Producer, batch_id: str) -> dict[int, dict[str, Any]]:

@@ -2,8 +2,11 @@
 
 ``submit`` checks everything before it touches the queue (bad input raises
 ``ValidationError`` naming the field and nothing is enqueued), writes the request's meta key
-(so that readers can tell "queued" from "unknown") and sends the Celery task by name to the
-model's queue.  If the broker refuses the task, the meta key is removed again.
+(so that readers can tell "queued" from "unknown", and a worker taking the request over finds
+its job) and sends the Celery task by name to the model's queue.  If the broker refuses the
+task, the meta key is removed again.  A caller-supplied ``request_id`` makes submit
+idempotent: the same job again returns the id without enqueueing it twice; a different job
+under a used id raises ``ValidationError("request_id", ...)`` (see producer/register.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from celery import Celery
 
 from broker.app import make_celery
 from producer import batch
+from producer.register import Registered, add_commands, check_registered, meta_fields, register_into, run_cancel
 from schemas import index, keys
+from schemas.cancel import CancelOutcome
 from schemas.config import GenerationConfig, check_known_fields
 from schemas.errors import RelayConnectionError, ValidationError
 from schemas.job import TASK_NAME, Job, queue_for_model
@@ -70,22 +75,23 @@ class Producer:
             model=model,
             ttl_s=self.ttl_s,
         )
-        self._register(job)
+        if not self._register(job, caller_id=request_id is not None):
+            return rid  # the same job under this id was submitted before: idempotent
         try:
             # argsrepr: Celery would otherwise saferepr() the whole job for its logs (~1 ms).
             self._app.send_task(
                 TASK_NAME, args=[job.to_dict()], queue=queue or queue_for_model(model), argsrepr=f"[job {rid}]"
             )
         except Exception as exc:  # kombu raises many types; all mean "not enqueued"
-            self._redis.delete(keys.meta_key(rid))
+            self._forget(rid)
             raise RelayConnectionError(f"could not enqueue request {rid}: {exc}") from exc
         return rid
 
-    def cancel(self, request_id: str) -> None:
-        """Ask the worker to stop the request (queued or running); idempotent."""
-        with translate_redis_errors(self.redis_url):
-            key, value, ttl = keys.cancel_set_args(request_id, self.ttl_s)
-            self._redis.set(key, value, ex=ttl)
+    def cancel(self, request_id: str) -> CancelOutcome:
+        """Stop the request: a queued one ends at once (its ``cancelled`` records are written
+        here), a running one at its worker's next step; one that already ended is left alone.
+        Returns what happened; an unknown or expired id raises ``RequestNotFound``."""
+        return run_cancel(self._redis, self.redis_url, request_id, self.ttl_s)
 
     def submit_batch(self, items: Iterable[object], **config: Any) -> str:
         """Enqueue many requests as one batch (see producer/batch.py); returns the batch id."""
@@ -110,16 +116,32 @@ class Producer:
     def __repr__(self) -> str:
         return f"Producer(redis_url={describe_url(self.redis_url)!r})"
 
-    def _register(self, job: Job) -> None:
+    def _register(self, job: Job, *, caller_id: bool) -> bool:
+        """Write the request's meta (and the index); False when the same job was submitted
+        under this id before.  A random id cannot be in use: one round trip for both."""
         with translate_redis_errors(self.redis_url):
             pipe = self._redis.pipeline(transaction=False)
-            self._register_into(pipe, job)
-            for command in index.on_queued(job):  # the request index (schemas/index.py)
-                pipe.execute_command(*command)
-            pipe.execute()
+            register_into(pipe, job)
+            if not caller_id:
+                add_commands(pipe, index.on_queued(job))
+            outcome = check_registered(job, pipe.execute()[0])
+            if caller_id and outcome is Registered.NEW:
+                self._send_index(index.on_queued(job))
+        return outcome is Registered.NEW
 
     def _register_into(self, pipe: Any, job: Job) -> None:
-        """The meta key's commands, into a pipeline (producer/batch.py sends many at once)."""
+        """The meta key's commands, into a pipeline (producer/batch.py sends many at once;
+        batch items have fresh random ids, so there is nothing to compare)."""
         meta = keys.meta_key(job.request_id)
-        pipe.hset(meta, mapping={"submitted_at": repr(job.submitted_at), "model": job.model or ""})
-        pipe.expire(meta, self.ttl_s)
+        pipe.hset(meta, mapping=meta_fields(job))
+        pipe.expire(meta, job.ttl_s)
+
+    def _forget(self, request_id: str) -> None:
+        """Not enqueued after all: remove the meta so that the id is free again."""
+        with translate_redis_errors(self.redis_url):
+            self._redis.delete(keys.meta_key(request_id))
+
+    def _send_index(self, commands: list[index.Command]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        add_commands(pipe, commands)
+        pipe.execute()

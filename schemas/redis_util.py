@@ -3,6 +3,7 @@ schemas package itself does not need redis-py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -10,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio
 
+from schemas.cancel import SCRIPT as CANCEL_SCRIPT
+from schemas.cancel import CancelCall, CancelOutcome
 from schemas.errors import RelayConnectionError
 
 # redis-py 8 defaults to a 5 s socket timeout with retries; XREAD BLOCK stays below it.
@@ -44,3 +47,34 @@ def translate_redis_errors(url: str) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise RelayConnectionError(f"Redis at {describe_url(url)} is unreachable: {exc}") from exc
+
+
+def run_cancel(client: redis.Redis, url: str, request_id: str, ttl_s: int) -> CancelOutcome:
+    """Run the cancel script (schemas/cancel.py) to its outcome with a blocking client, then
+    the request index's update when the canceller ended the request itself."""
+    call = CancelCall(request_id, ttl_s)
+    script = client.register_script(CANCEL_SCRIPT)
+    with translate_redis_errors(url):
+        while (outcome := call.on_reply(script(keys=call.keys, args=call.args), time.time())) is None:
+            pass
+        if commands := call.index_commands():
+            with client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                pipe.execute()
+    return outcome
+
+
+async def run_cancel_async(client: redis.asyncio.Redis, url: str, request_id: str, ttl_s: int) -> CancelOutcome:
+    """`run_cancel` with an asyncio client."""
+    call = CancelCall(request_id, ttl_s)
+    script = client.register_script(CANCEL_SCRIPT)
+    with translate_redis_errors(url):
+        while (outcome := call.on_reply(await script(keys=call.keys, args=call.args), time.time())) is None:
+            pass
+        if commands := call.index_commands():
+            async with client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                await pipe.execute()
+    return outcome

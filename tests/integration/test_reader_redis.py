@@ -56,7 +56,7 @@ def new_id(client: redis.Redis) -> Iterator[object]:
 
     yield make
     for rid in made:
-        client.delete(keys.deltas_key(rid), keys.meta_key(rid), keys.cancel_key(rid))
+        client.delete(keys.deltas_key(rid), keys.meta_key(rid), keys.cancel_key(rid), keys.lease_key(rid))
 
 
 def submit(client: redis.Redis, rid: str) -> None:
@@ -205,37 +205,82 @@ def test_request_that_expires_while_read_is_not_found(client: redis.Redis, new_i
     assert len(got) == 1
 
 
-def test_queued_request_times_out(client: redis.Redis, new_id: object) -> None:
-    rid = new_id()  # type: ignore[operator]
+def running(client: redis.Redis, rid: str) -> None:
+    """What a worker's claim does before its first record: the lease key, status running."""
     submit(client, rid)
+    client.hset(keys.meta_key(rid), "status", "running")
+    client.set(keys.lease_key(rid), "w1/1", ex=TTL_S)
+
+
+def test_silent_running_request_times_out(client: redis.Redis, new_id: object) -> None:
+    rid = new_id()  # type: ignore[operator]
+    running(client, rid)
     start = time.monotonic()
     with StreamReader(URL) as reader, pytest.raises(StreamTimeout):
         list(reader.stream(rid, timeout_s=0.3))
     assert 0.3 <= time.monotonic() - start < 2.0
 
 
-async def test_queued_request_times_out_async(client: redis.Redis, new_id: object) -> None:
+def test_queued_request_waits_past_timeout_s_until_a_worker_starts(client: redis.Redis, new_id: object) -> None:
     rid = new_id()  # type: ignore[operator]
     submit(client, rid)
+
+    def worker_starts_late() -> None:
+        time.sleep(1.5)  # five times timeout_s in the queue
+        client.hset(keys.meta_key(rid), "status", "running")
+        client.set(keys.lease_key(rid), "w1/1", ex=TTL_S)
+        time.sleep(0.1)
+        write_all(client, rid, story(3))
+
+    thread = threading.Thread(target=worker_starts_late, daemon=True)
+    thread.start()
+    got = read_sync(rid, timeout_s=0.3)
+    thread.join()
+    assert got == story(3)
+
+
+def test_queue_timeout_s_limits_the_wait_in_the_queue(client: redis.Redis, new_id: object) -> None:
+    rid = new_id()  # type: ignore[operator]
+    submit(client, rid)
+    start = time.monotonic()
+    with StreamReader(URL) as reader, pytest.raises(StreamTimeout, match="still queued"):
+        list(reader.stream(rid, timeout_s=0.1, queue_timeout_s=0.6))
+    assert 0.6 <= time.monotonic() - start < 2.5
+
+
+async def test_queued_and_silent_requests_time_out_async(client: redis.Redis, new_id: object) -> None:
+    queued, silent = new_id(), new_id()  # type: ignore[operator]
+    submit(client, queued)
+    running(client, silent)
     async with AsyncStreamReader(URL) as reader:
-        with pytest.raises(StreamTimeout):
-            await reader.result(rid, timeout_s=0.2)
+        with pytest.raises(StreamTimeout, match="still queued"):
+            await reader.result(queued, timeout_s=0.05, queue_timeout_s=0.4)
+        with pytest.raises(StreamTimeout, match="no record"):
+            await reader.result(silent, timeout_s=0.2)
 
 
 def test_cancel_sets_the_cancel_key_with_a_ttl(client: redis.Redis, new_id: object) -> None:
-    rid = new_id()  # type: ignore[operator]
+    rid, unknown = new_id(), new_id()  # type: ignore[operator]
+    write_all(client, rid, story()[:2])  # running
     with StreamReader(URL) as reader:
-        reader.cancel(rid)
+        assert reader.cancel(rid) == "signalled"
+        with pytest.raises(RequestNotFound):
+            reader.cancel(unknown)
     assert client.get(keys.cancel_key(rid)) == b"1"
     assert 0 < client.ttl(keys.cancel_key(rid)) <= settings.ttl_s()
+    assert not client.exists(keys.cancel_key(unknown))  # nothing left behind
 
 
 async def test_async_cancel_sets_the_cancel_key_with_a_ttl(client: redis.Redis, new_id: object) -> None:
-    rid = new_id()  # type: ignore[operator]
+    rid, unknown = new_id(), new_id()  # type: ignore[operator]
+    write_all(client, rid, story()[:2])  # running
     async with AsyncStreamReader(URL) as reader:
-        await reader.cancel(rid)
+        assert await reader.cancel(rid) == "signalled"
+        with pytest.raises(RequestNotFound):
+            await reader.cancel(unknown)
     assert client.get(keys.cancel_key(rid)) == b"1"
     assert 0 < client.ttl(keys.cancel_key(rid)) <= settings.ttl_s()
+    assert not client.exists(keys.cancel_key(unknown))
 
 
 def test_cancel_on_exit_cancels_on_break_only(client: redis.Redis, new_id: object) -> None:

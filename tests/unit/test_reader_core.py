@@ -381,3 +381,75 @@ def test_redis_unreachable_for_timeout_s_raises_the_connection_error() -> None:
     core.on_connection_error(error, 1.0)
     with pytest.raises(RelayConnectionError):
         core.next_action(2.5)
+
+
+# -- queued is not silent: timeout_s runs only once a worker has the request ---------------
+
+
+def idle_round(core: ReaderCore, now: float, *, lease: bool, status: bytes | None, last: Any = ()) -> Any:
+    """An empty read at ``now``, the probe it triggers (with the given lease/status), and
+    the action after it."""
+    core.on_entries([], now=now)
+    assert core.next_action(now) == Probe()
+    core.on_probe(list(last), True, lease, status)
+    return core.next_action(now)
+
+
+def test_a_queued_request_waits_past_timeout_s() -> None:
+    core = ReaderCore(RID, timeout_s=2.0)
+    assert core.next_action(0.0) == Probe()
+    core.on_probe([], True, False, b"queued")
+    assert core.queued
+    for now in (1.0, 5.0, 100.0, 10_000.0):
+        assert idle_round(core, now, lease=False, status=b"queued") == Read(MAX_BLOCK_MS, READ_COUNT, "0")
+
+
+def test_timeout_s_counts_from_when_the_request_leaves_the_queue() -> None:
+    core = ReaderCore(RID, timeout_s=2.0)
+    core.next_action(0.0)
+    core.on_probe([], True, False, b"queued")
+    assert isinstance(idle_round(core, 50.0, lease=False, status=b"queued"), Read)
+    # A worker claimed it (lease, status running) but has not written yet: silence counts now.
+    assert idle_round(core, 51.0, lease=True, status=b"running") == Read(1000, READ_COUNT, "0")
+    assert not core.queued
+    with pytest.raises(StreamTimeout):
+        idle_round(core, 52.5, lease=True, status=b"running")
+
+
+def test_queue_timeout_s_bounds_the_wait_in_the_queue() -> None:
+    core = ReaderCore(RID, timeout_s=None, queue_timeout_s=10.0)
+    core.next_action(0.0)
+    core.on_probe([], True, False, None)  # a meta without status (an older producer) is queued
+    assert core.queued
+    assert core.next_action(0.0) == Read(MAX_BLOCK_MS, READ_COUNT, "0")  # the queue clock starts
+    assert core.next_action(9.5) == Read(500, READ_COUNT, "0")  # never blocks past the limit
+    assert isinstance(idle_round(core, 9.9, lease=False, status=None), Read)
+    with pytest.raises(StreamTimeout, match="still queued"):
+        idle_round(core, 10.0, lease=False, status=None)
+
+
+@pytest.mark.parametrize(
+    ("last", "meta", "lease", "status"),
+    [
+        (MID, True, False, b"running"),  # records: running (its lease may be between renewals)
+        ([], True, True, b"running"),  # a worker holds it
+        ([], True, False, b"running"),  # its worker died before the first record: takeover
+        ([], True, None, b"queued"),  # a shell that did not ask about the lease
+    ],
+)
+def test_not_queued_means_timeout_s_applies(last: Any, meta: bool, lease: bool | None, status: bytes) -> None:
+    core = ReaderCore(RID, timeout_s=1.0)
+    core.next_action(0.0)
+    core.on_probe(last, meta, lease, status)
+    assert not core.queued
+    core.on_entries([], now=2.0)
+    core.next_action(2.0)
+    core.on_probe(last, meta, lease, status)
+    with pytest.raises(StreamTimeout):
+        core.next_action(2.0)
+
+
+def test_bad_queue_timeout_is_refused_by_name() -> None:
+    with pytest.raises(ValidationError) as info:
+        ReaderCore(RID, queue_timeout_s=-1)
+    assert info.value.field == "queue_timeout_s"
