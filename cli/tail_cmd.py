@@ -8,6 +8,7 @@ from typing import Protocol
 
 from cli.render import EXIT_INTERRUPTED, EXIT_OK, JsonRenderer, TextRenderer, note, report_error
 from consumer import StreamReader
+from schemas.cancel import CancelOutcome
 from schemas.errors import TokenRelayError
 from schemas.records import Record
 
@@ -46,7 +47,10 @@ def follow(
 
 def add_timeout_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
         help=f"give up when no record arrives for S seconds (default {DEFAULT_TIMEOUT_S:.0f}; 0 = wait forever)",
     )
 
@@ -65,7 +69,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common
     add_timeout_option(p)
     p.set_defaults(func=run_tail)
 
-    c = sub.add_parser("cancel", parents=[common], help="ask the worker to stop a request (queued or running)")
+    c = sub.add_parser(
+        "cancel", parents=[common], help="stop a request (a queued one at once); exit 1 for an unknown id"
+    )
     c.add_argument("request_id", metavar="ID")
     c.set_defaults(func=run_cancel)
 
@@ -84,11 +90,19 @@ def run_tail(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+CANCEL_NOTES = {
+    CancelOutcome.CANCELLED: "request {} cancelled (it was still queued)",
+    CancelOutcome.SIGNALLED: "cancel requested for {}: its worker stops it at its next step",
+    CancelOutcome.ENDED: "request {} had already ended: nothing to cancel",
+}
+
+
 def run_cancel(args: argparse.Namespace) -> int:
+    """Exit 0 when the request is (or was already) stopped; an unknown or expired id exits 1."""
     try:
         with StreamReader(args.redis_url) as reader:
-            reader.cancel(args.request_id)
+            outcome = reader.cancel(args.request_id)
     except TokenRelayError as exc:
         return report_error(exc)
-    note(f"cancel requested for {args.request_id}")
+    note(CANCEL_NOTES.get(outcome, "cancel requested for {}").format(args.request_id))
     return EXIT_OK
