@@ -10,11 +10,12 @@ groups), so any number of readers may follow one request, from the start or from
 Every decision lives in one sans-IO state machine, :class:`consumer.core.ReaderCore`
 (the h11 pattern); the two readers only perform the I/O it asks for:
 
-- ``Probe``: the stream's last entry (XREVRANGE COUNT 1) + EXISTS meta in one round trip,
-  before the first read and after every empty read.  Neither → :class:`RequestNotFound`
-  (unknown, or expired meanwhile).  The meta key tells a queued request (no records yet) from
-  an unknown one; a last entry that is the final record at or before the cursor means a
-  reader resuming after the end is done at once.
+- ``Probe``: the stream's last entry (XREVRANGE COUNT 1) + EXISTS meta + EXISTS lease +
+  the meta's status in one round trip, before the first read and after every empty read.
+  Neither stream nor meta → :class:`RequestNotFound` (unknown, or expired meanwhile).  The
+  meta key tells a queued request (no records yet) from an unknown one, and the lease key a
+  queued one from one a worker has started; a last entry that is the final record at or
+  before the cursor means a reader resuming after the end is done at once.
 - ``Read``: XREAD BLOCK of at most 1 s (redis-py's socket timeout is 5 s) COUNT 512 after the
   cursor.  Records are decoded (:class:`SchemaError` on garbage or an unknown version) and
   their ``seq`` must run 0, 1, 2, ... without gap or repeat (from a cursor: from the first seen).
@@ -22,13 +23,15 @@ Every decision lives in one sans-IO state machine, :class:`consumer.core.ReaderC
   ``finish_reason="error"``, :class:`GenerationFailed` is raised after every record was
   yielded, with the partial :class:`Result` as ``.result``.
 
-``timeout_s`` is the longest wait without a new record; beyond it :class:`StreamTimeout`
-(a reader never ends silently).  ``None`` waits forever.  A dropped connection or a Redis
+``timeout_s`` is the longest wait without a new record from a running request; beyond it
+:class:`StreamTimeout` (a reader never ends silently).  ``None`` waits forever.  It does not
+run while the request is queued (waiting for a worker); ``queue_timeout_s`` bounds that wait
+(default ``None``: as long as the request's keys live).  A dropped connection or a Redis
 restart does not end a read: the reader backs off, probes again and goes on from its cursor;
 only Redis staying unreachable for ``timeout_s`` raises :class:`schemas.RelayConnectionError`
 naming the URL (password masked).  With
 ``cancel_on_exit=True``, leaving the loop before the stream ended (break, exception, close)
-sets the cancel key.  With ``AsyncStreamReader`` a ``break`` only closes the generator when
+cancels the request (``cancel``: schemas/cancel.py).  With ``AsyncStreamReader`` a ``break`` only closes the generator when
 the loop collects it; use ``contextlib.aclosing`` (or close the reader) to cancel at once.
 """
 
