@@ -31,8 +31,9 @@ restart does not end a read: the reader backs off, probes again and goes on from
 only Redis staying unreachable for ``timeout_s`` raises :class:`schemas.RelayConnectionError`
 naming the URL (password masked).  With
 ``cancel_on_exit=True``, leaving the loop before the stream ended (break, exception, close)
-cancels the request (``cancel``: schemas/cancel.py).  With ``AsyncStreamReader`` a ``break`` only closes the generator when
-the loop collects it; use ``contextlib.aclosing`` (or close the reader) to cancel at once.
+cancels the request (``cancel``: schemas/cancel.py).  With ``AsyncStreamReader`` a
+``break`` only closes the generator when the loop collects it; use ``contextlib.aclosing``
+(or close the reader) to cancel at once.
 """
 
 from consumer.aio import AsyncStreamReader
