@@ -19,7 +19,7 @@ from cli.render import (
     report_error,
     show_conversation,
 )
-from cli.tail_cmd import Renderer, add_timeout_option, follow, timeout_of
+from cli.tail_cmd import Renderer, add_timeout_option, follow, queue_timeout_of, timeout_of
 from consumer import StreamReader
 from producer import Producer
 from schemas.config import FIELD_NAMES, GenerationConfig
@@ -128,7 +128,8 @@ def run_generate(args: argparse.Namespace) -> int:
         request = Request.from_args(args)
         with Producer(args.redis_url, args.broker_url) as producer, StreamReader(args.redis_url) as reader:
             request_id = request.submit(producer)
-            return stream_reply(reader, request_id, renderer_for(args, request), timeout_of(args))
+            renderer = renderer_for(args, request)
+            return stream_reply(reader, request_id, renderer, timeout_of(args), queue_timeout_of(args))
     except TokenRelayError as exc:
         return report_error(exc)
 
@@ -140,10 +141,16 @@ def renderer_for(args: argparse.Namespace, request: Request) -> Renderer:
     return TextRenderer(prefix=prefix, n=request.config.n)
 
 
-def stream_reply(reader: StreamReader, request_id: str, renderer: Renderer, timeout_s: float | None) -> int:
+def stream_reply(
+    reader: StreamReader,
+    request_id: str,
+    renderer: Renderer,
+    timeout_s: float | None,
+    queue_timeout_s: float | None = None,
+) -> int:
     """Follow our own request; leaving early for any reason (Ctrl-C, timeout) cancels it."""
     try:
-        follow(reader, request_id, renderer, timeout_s=timeout_s, cancel_on_exit=True)
+        follow(reader, request_id, renderer, timeout_s=timeout_s, cancel_on_exit=True, queue_timeout_s=queue_timeout_s)
     except KeyboardInterrupt:
         cancel_quietly(reader, request_id)
         note(f"interrupted: request {request_id} cancelled")

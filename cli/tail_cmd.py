@@ -13,6 +13,9 @@ from schemas.errors import TokenRelayError
 from schemas.records import Record
 
 DEFAULT_TIMEOUT_S = 60.0
+# A library reader waits as long as a queued request exists; at a terminal, a queue that no
+# worker serves (a typo in --queue or --model) should end with a message rather than an hour.
+DEFAULT_QUEUE_TIMEOUT_S = 300.0
 
 
 class Renderer(Protocol):
@@ -31,13 +34,17 @@ def follow(
     after: str = "0",
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     cancel_on_exit: bool = False,
+    queue_timeout_s: float | None = None,
 ) -> str | None:
     """Render the request's records until its last one; returns the last entry id seen.
 
     Errors (timeout, failure, not found) propagate after whatever arrived was rendered."""
     last: str | None = None
     try:
-        for record in reader.stream(request_id, after=after, timeout_s=timeout_s, cancel_on_exit=cancel_on_exit):
+        records = reader.stream(
+            request_id, after=after, timeout_s=timeout_s, cancel_on_exit=cancel_on_exit, queue_timeout_s=queue_timeout_s
+        )
+        for record in records:
             renderer.add(record)
             last = record.entry_id or last
     finally:
@@ -51,12 +58,23 @@ def add_timeout_option(p: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
-        help=f"give up when no record arrives for S seconds (default {DEFAULT_TIMEOUT_S:.0f}; 0 = wait forever)",
+        help=f"give up when a running request sends no record for S seconds (default {DEFAULT_TIMEOUT_S:.0f}; "
+        "0 = wait forever)",
+    )
+    p.add_argument(
+        "--queue-timeout", type=float, default=DEFAULT_QUEUE_TIMEOUT_S, metavar="S",
+        help=f"give up when no worker has started the request after S seconds in the queue "
+        f"(default {DEFAULT_QUEUE_TIMEOUT_S:.0f}; 0 = wait as long as it exists)",
     )
 
 
 def timeout_of(args: argparse.Namespace) -> float | None:
     return None if args.timeout is not None and args.timeout <= 0 else args.timeout
+
+
+def queue_timeout_of(args: argparse.Namespace) -> float | None:
+    value = getattr(args, "queue_timeout", DEFAULT_QUEUE_TIMEOUT_S)
+    return None if value is not None and value <= 0 else value
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -80,7 +98,10 @@ def run_tail(args: argparse.Namespace) -> int:
     renderer = JsonRenderer() if args.json else TextRenderer()
     try:
         with StreamReader(args.redis_url) as reader:
-            follow(reader, args.request_id, renderer, after=args.after, timeout_s=timeout_of(args))
+            follow(
+                reader, args.request_id, renderer, after=args.after, timeout_s=timeout_of(args),
+                queue_timeout_s=queue_timeout_of(args),
+            )  # fmt: skip
     except KeyboardInterrupt:
         # A tail is only an observer: leaving it must not stop the request for others.
         note(f"stopped following; request {args.request_id} goes on (`tokenrelay cancel` stops it)")
