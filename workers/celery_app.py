@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import socket
-import time
 from typing import Any
 
 from celery import Celery
@@ -55,11 +52,8 @@ def attach_engine(app: Celery, worker_id: str, queues: list[str]) -> None:
     the generate task, heartbeats, and the warm-shutdown drain."""
     from celery.signals import worker_shutdown
 
-    from schemas.workers import WorkerInfo
     from workers.engine.scheduler import Limits
-    from workers.heartbeat import Heartbeat
-    from workers.main import WorkerOptions, _drain_on_shutdown, build_runner, model_aliases
-    from workers.tasks import register_generate_task
+    from workers.main import WorkerOptions, build_runner, serve
 
     if not logging.getLogger().handlers:  # Celery leaves the root logger alone (hijack off)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -70,19 +64,7 @@ def attach_engine(app: Celery, worker_id: str, queues: list[str]) -> None:
         max_attempts=settings.max_attempts(),
     )
     runner, name = build_runner(opts)
-    register_generate_task(app, runner)
-    _drain_on_shutdown(runner, opts.grace_s)
-    info = WorkerInfo(
-        worker_id=worker_id,
-        model=name,
-        aliases=sorted(model_aliases(name) - {name}),
-        queues=queues,
-        capacity=Limits().max_running,
-        hostname=socket.gethostname(),
-        pid=os.getpid(),
-        started_at=time.time(),
-    )
-    heartbeat = Heartbeat(runner.sink, runner, info).start()
+    heartbeat = serve(app, runner, name, worker_id, queues, Limits().max_running, opts.grace_s)
 
     def stop(**_kwargs: object) -> None:
         heartbeat.stop()

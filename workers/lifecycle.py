@@ -40,7 +40,7 @@ class Claim(enum.Enum):
 @dataclass(frozen=True)
 class ClaimReply:
     kind: Claim
-    owner: str = ""  # ours when CLAIMED, the holder's when OWNED
+    owner: str = ""  # ours when CLAIMED, the holder's when OWNED, the meta status when ENDED
     attempt: int = 0
 
     @classmethod
@@ -222,8 +222,9 @@ class WriteBook:
 
 
 def _final_status(last: Record, records: Sequence[Record]) -> str:
-    """The request's status from its finish reasons: failed if any choice failed, cancelled
-    if any was cancelled, else finished."""
+    """The request's status from the finish reasons of its last step: failed if one says
+    error, cancelled if one says cancelled, else finished.  The last step is enough because
+    the engine ends every unfinished choice of a request together on an error or a cancel."""
     reasons = {r.finish_reason for r in records if r.finish_reason} | {last.finish_reason}
     for reason in ("error", "cancelled"):
         if reason in reasons:

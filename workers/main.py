@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from celery import Celery
 
 from broker.app import make_celery
 from schemas.errors import RelayConnectionError
@@ -118,6 +119,27 @@ def _drain_on_shutdown(runner: EngineRunner, grace_s: float) -> None:
     worker_shutting_down.connect(drain, weak=False)
 
 
+def serve(
+    app: Celery, runner: EngineRunner, name: str, worker_id: str, queues: list[str], capacity: int, grace_s: float
+) -> Heartbeat:
+    """Wire a started runner into a Celery app: the generate task, the warm-shutdown drain and
+    the heartbeat (returned: the caller stops it on the way out).  Shared by `tokenrelay
+    worker` and ``celery -A workers.celery_app worker``."""
+    register_generate_task(app, runner)
+    _drain_on_shutdown(runner, grace_s)
+    info = WorkerInfo(
+        worker_id=worker_id,
+        model=name,
+        aliases=sorted(model_aliases(name) - {name}),
+        queues=queues,
+        capacity=capacity,
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        started_at=time.time(),
+    )
+    return Heartbeat(runner.sink, runner, info).start()
+
+
 def run_worker(opts: WorkerOptions) -> None:
     logging.basicConfig(level=opts.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker_id = (
@@ -126,24 +148,12 @@ def run_worker(opts: WorkerOptions) -> None:
     opts.worker_id = worker_id
     runner, name = build_runner(opts)
     app = make_celery(opts.broker_url, opts.redis_url)
-    register_generate_task(app, runner)
     if opts.ready_file:
         _touch_when_ready(opts.ready_file)
-    _drain_on_shutdown(runner, opts.grace_s)
     limits = opts.limits or Limits()
     queues = opts.queues or [queue_for_model(name), DEFAULT_QUEUE]
     concurrency = opts.concurrency or limits.max_running
-    info = WorkerInfo(
-        worker_id=worker_id,
-        model=name,
-        aliases=sorted(model_aliases(name) - {name}),
-        queues=queues,
-        capacity=limits.max_running,
-        hostname=socket.gethostname(),
-        pid=os.getpid(),
-        started_at=time.time(),
-    )
-    heartbeat = Heartbeat(runner.sink, runner, info).start()
+    heartbeat = serve(app, runner, name, worker_id, queues, limits.max_running, opts.grace_s)
     argv = [
         "worker",
         "--pool=threads",

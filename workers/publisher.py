@@ -39,7 +39,6 @@ _TRANSIENT = (
     redis.exceptions.TryAgainError,
     redis.exceptions.MasterDownError,
 )
-PublishResult = StepOutcome  # the name earlier versions used
 
 
 @dataclass(frozen=True)
@@ -99,13 +98,6 @@ class StreamSink:
         except SchemaError as exc:
             records = exc
         return StreamState(records, last_id, bool(cancelled))
-
-    def read_records(self, request_id: str) -> tuple[list[Record], bool]:
-        """The stream's records (raises SchemaError on an undecodable one) and the cancel flag."""
-        state = self.read_stream(request_id)
-        if isinstance(state.records, SchemaError):
-            raise state.records
-        return state.records, state.cancelled
 
     def hold(self, request_id: str, owner: str, last_id: str, ttl_s: int, tokens: int = 0) -> None:
         self.book.hold(request_id, owner, last_id, ttl_s, tokens)

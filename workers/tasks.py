@@ -16,8 +16,7 @@ from typing import Any
 from celery import Celery
 
 from schemas.errors import ValidationError
-from schemas.job import TASK_NAME, Job
-from schemas.keys import check_request_id
+from schemas.job import TASK_NAME, Job, request_id_of
 from workers.runner import EngineRunner
 
 log = logging.getLogger(__name__)
@@ -52,17 +51,10 @@ def handle_job(payload: Any, runner: EngineRunner) -> str:
 
 
 def _refuse(payload: Any, runner: EngineRunner, exc: ValidationError) -> str:
-    rid = _request_id_of(payload)
+    rid = request_id_of(payload)
     if rid is None:
         log.error("dropping a task message without a usable request_id: %s", exc)
         return "failed"
     log.warning("request %s: bad task payload (%s); ending it with an error record", rid, exc)
     return runner.wait(runner.begin(rid, None, invalid=exc))
 
-
-def _request_id_of(payload: Any) -> str | None:
-    rid = payload.get("request_id") if isinstance(payload, dict) else None
-    try:
-        return check_request_id(rid)
-    except ValidationError:
-        return None
