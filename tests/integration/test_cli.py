@@ -27,6 +27,9 @@ pytestmark = pytest.mark.integration
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOKENRELAY_")} | {"HF_HUB_OFFLINE": "1"}
 
 
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     with embedded_redis() as server_url:
@@ -105,8 +108,18 @@ def test_submit_then_tail(url: str, worker: WorkerProcess) -> None:
     assert text.stdout.rstrip("\n") == "".join(r["text"] for r in records).rstrip("\n")
 
 
-def test_cancel_ends_tail_with_cancelled(url: str, worker: WorkerProcess) -> None:
-    submitted = cli(url, "submit", "Go on forever", "--max-tokens", "5000", "--ignore-eos")
+def test_cancel_ends_tail_with_cancelled(url: str, worker: WorkerProcess, smollm2_dir: Path) -> None:
+    # SmolLM2, not the tiny model: the tiny one runs into its 512-token context in about half
+    # a second, about as long as the `tokenrelay cancel` process takes to start, so the cancel
+    # could land after the end.  Its own queue (--model) keeps the tiny worker out of it.
+    smol = WorkerProcess(redis_url=url, broker_url=url, model=SMOL, extra_args=["--threads", "1"], env=CLEAN_ENV)
+    with smol:
+        smol.wait_ready(180)
+        _cancel_while_tailing(url, smol)
+
+
+def _cancel_while_tailing(url: str, worker: WorkerProcess) -> None:
+    submitted = cli(url, "submit", "Go on forever", "--model", SMOL, "--max-tokens", "5000", "--ignore-eos")
     assert submitted.returncode == 0, explain(submitted, worker)
     request_id = submitted.stdout.strip()
     cmd = [sys.executable, "-m", "cli", "tail", request_id, "--json", "--redis-url", url]
