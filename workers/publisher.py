@@ -71,10 +71,20 @@ class StreamSink:
     # -- starting a request ------------------------------------------------------------------
 
     def claim(self, request_id: str, ttl_s: int, job: dict[str, Any] | None = None) -> ClaimReply:
-        """Take the request's lease if nobody holds it and its stream has not ended."""
+        """Take the request's lease if nobody holds it and its stream has not ended.
+
+        The request enters the lease index in the same round trip: a worker that dies between
+        its claim and its first step's publish (which renews the index) must not leave a
+        request that no scan can find.  Whatever the claim answers, the entry is harmless: an
+        ended request's entry is dropped by the next scan, a held one is its holder's."""
         args = (self.worker_id, str(self.book.lease_ms), str(ttl_s), json.dumps(job) if job else "")
         keys3 = (keys.deltas_key(request_id), keys.lease_key(request_id), keys.meta_key(request_id))
-        reply = self._until_sent(lambda _a: self._script_round_trip([("claim", keys3, args)])[0])
+
+        def claim(_attempt: int) -> object:
+            index = ("ZADD", keys.LEASES_KEY, str(int(time.time() * 1000) + self.book.lease_ms), request_id)
+            return self._script_round_trip([("claim", keys3, args)], [index])[0]
+
+        reply = self._until_sent(claim)
         if isinstance(reply, Exception):
             raise reply
         return ClaimReply.parse(reply)  # type: ignore[arg-type]

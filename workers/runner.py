@@ -174,6 +174,8 @@ class EngineRunner:
         ttl_s = job.ttl_s if job is not None else self.sink.ttl_s
         claim = self.sink.claim(request_id, ttl_s, job.to_dict() if job is not None else None)
         if claim.kind is not Claim.CLAIMED:
+            if claim.kind is Claim.ENDED:
+                self.sink.unindex([request_id])  # the claim's round trip indexed it
             ticket.settle("finished" if claim.kind is Claim.ENDED else "already_owned")
             if claim.kind is Claim.OWNED:
                 log.info("request %s is already held by %s; settling this copy of its task", request_id, claim.owner)
@@ -318,9 +320,7 @@ class EngineRunner:
         ticket = Ticket(rid)
         item = self._prepare(ticket, rid, job, invalid)
         if item is None:
-            if ticket.outcome == "finished":
-                self.sink.unindex([rid])
-            return
+            return  # ended (and unindexed by _prepare) or held by a live worker
         log.info("taking over request %s (%s)", rid, item.owner)
         self._accept(item)
 

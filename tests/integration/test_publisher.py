@@ -69,6 +69,18 @@ def test_records_ids_ttls_and_lease(server: ValkeyServer) -> None:
     assert sink_of(client, "w2").claim("a", 60).kind is Claim.ENDED
 
 
+def test_a_claim_indexes_the_request_before_its_first_publish(server: ValkeyServer) -> None:
+    """A worker that dies between its claim and its first step must leave the request where a
+    scan finds it once the lease expires."""
+    client = connect(url_of(server))
+    before = int(time.time() * 1000)
+    claimed(sink_of(client, lease_s=0.2), "i")
+    expiry = client.zscore(keys.LEASES_KEY, "i")
+    assert expiry is not None and before < expiry <= int(time.time() * 1000) + 200
+    time.sleep(0.3)
+    assert sink_of(client, "w2").expired(limit=10) == ["i"]
+
+
 def test_a_second_worker_cannot_claim_a_held_request(server: ValkeyServer) -> None:
     client = connect(url_of(server))
     first = claimed(sink_of(client, "w1"), "b")
