@@ -122,6 +122,9 @@ class PublishCall:
     args: tuple[bytes | str, ...]
     new_last_id: str
     final: bool
+    status: str = ""  # when final: finished | cancelled | failed
+    tokens: int = 0  # completion tokens published once this call lands (all choices)
+    last: Record | None = None  # the call's last record (usage and finish reason when final)
 
 
 @dataclass
@@ -218,6 +221,9 @@ class WriteBook:
             tuple(header + args),
             new_last,
             bool(final_status),
+            final_status,
+            held.tokens,
+            records[-1] if records else None,
         )
 
 

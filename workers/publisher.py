@@ -1,7 +1,8 @@
 """The sink: the worker's Redis I/O, planned by `workers.lifecycle` and fenced by leases.
 
 One round trip per engine step: one publish script per held request (its records, lease
-renewal, TTLs and cancel check; see workers/lease.py) plus one ZADD of the lease index.
+renewal, TTLs and cancel check; see workers/lease.py) plus one ZADD of the lease index and
+the request index's commands (workers/index_book.py).
 Nothing is dropped on a connection error: the same round trip is sent again until Redis
 answers (the scripts make a resend idempotent).  A script the server does not know
 (NOSCRIPT, e.g. after a restart) is loaded and the round trip sent again.
@@ -22,9 +23,11 @@ import redis
 
 from schemas import keys
 from schemas.errors import SchemaError
+from schemas.job import Job
 from schemas.records import FIELD, Record, decode
 from schemas.redis_util import describe_url
 from schemas.workers import HEARTBEAT_TTL_S, WorkerInfo
+from workers.index_book import IndexBook
 from workers.lease import SCRIPTS
 from workers.lifecycle import ClaimReply, PublishCall, StepOutcome, WriteBook
 
@@ -67,6 +70,7 @@ class StreamSink:
         self.max_backoff_s = max_backoff_s
         self.worker_id = worker_id
         self.book = WriteBook(lease_s)
+        self.index = IndexBook(worker_id)
 
     # -- starting a request ------------------------------------------------------------------
 
@@ -109,8 +113,19 @@ class StreamSink:
             records = exc
         return StreamState(records, last_id, bool(cancelled))
 
-    def hold(self, request_id: str, owner: str, last_id: str, ttl_s: int, tokens: int = 0) -> None:
+    def hold(
+        self, request_id: str, owner: str, last_id: str, ttl_s: int, tokens: int = 0, job: Job | None = None
+    ) -> None:
         self.book.hold(request_id, owner, last_id, ttl_s, tokens)
+        attempt = owner.rpartition("/")[2]
+        self.index.track(
+            request_id,
+            model=job.model if job is not None else None,
+            batch_id=_batch_of(job),
+            attempt=int(attempt) if attempt.isdigit() else 1,
+            submitted_at=job.submitted_at if job is not None else None,
+            tokens=tokens,
+        )
 
     # -- every step --------------------------------------------------------------------------
 
@@ -122,13 +137,28 @@ class StreamSink:
             return StepOutcome()
         index = self.book.index_entries(calls)
         finished = [c.request_id for c in calls if c.final]
-        replies = self._until_sent(lambda _a: self._step_round_trip(calls, index, finished))
-        return self.book.on_replies(calls, replies)
+        now = time.time()
+        announce = self.index.take_pending() + self.index.on_step(calls, now)
+        replies = self._until_sent(lambda _a: self._step_round_trip(calls, index, finished, announce))
+        outcome = self.book.on_replies(calls, replies)
+        self.index.on_outcome(calls, outcome, now)
+        return outcome
+
+    def flush_index(self) -> None:
+        """Send the request-index commands still waiting for a round trip (the engine went
+        idle after the step that ended its last requests)."""
+        pending = self.index.take_pending()
+        if pending:
+            self._until_sent(lambda _a: self._round_trip(list(pending)))
 
     def _step_round_trip(
-        self, calls: Sequence[PublishCall], index: list[tuple[str, str]], finished: list[str]
+        self,
+        calls: Sequence[PublishCall],
+        index: list[tuple[str, str]],
+        finished: list[str],
+        announce: Sequence[tuple[str, ...]] = (),
     ) -> list[object]:
-        extra: list[tuple[Any, ...]] = []
+        extra: list[tuple[Any, ...]] = [*announce]
         if index:
             extra.append(("ZADD", keys.LEASES_KEY, *[x for pair in index for x in pair]))
         if finished:
@@ -154,6 +184,7 @@ class StreamSink:
         extra: list[tuple[Any, ...]] = [("ZADD", keys.LEASES_KEY, *[x for h in held for x in ("0", h.request_id)])]
         self._until_sent(lambda _a: self._script_round_trip(scripted, extra))
         self.book.forget(h.request_id for h in held)
+        self.index.forget(h.request_id for h in held)  # the next holder announces it again
 
     def expired(self, limit: int) -> list[str]:
         """Requests whose lease expired (or was given up), oldest first."""
@@ -256,3 +287,8 @@ class StreamSink:
             raise
         finally:
             pool.release(conn)
+
+
+def _batch_of(job: Job | None) -> str | None:
+    batch = job.extra.get("batch") if job is not None else None
+    return batch if isinstance(batch, str) else None

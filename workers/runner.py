@@ -7,7 +7,8 @@ thread and waits on its ticket.  The engine thread loops:
 
 1. take new requests (run, resume, or refuse with final records);
 2. run one engine step, then one Redis round trip that publishes the step's records of
-   every held request, renews every lease and checks every cancel key (`StreamSink.publish`);
+   every held request, renews every lease, checks every cancel key and tells the request
+   index what moved (`StreamSink.publish`);
 3. settle what ended: finished (the last record is in Redis), lost (another worker holds
    the lease now: drop it, write nothing), cancelled (abort and publish the final records);
 4. about once a second, look for expired leases of unfinished requests and take them over
@@ -213,6 +214,8 @@ class EngineRunner:
             self._built.set()
         try:
             while not self._stop.is_set():
+                if not self.engine.has_work():
+                    self.sink.flush_index()  # the ends of the last step's requests
                 self._take_intake(block=not self.engine.has_work())
                 if self.engine.has_work():
                     self._cycle()
@@ -266,7 +269,7 @@ class EngineRunner:
             return
         self._tickets[rid] = item.ticket
         tokens = sum(len(v) for v in start.resume.tokens.values()) if start.resume else 0
-        self.sink.hold(rid, item.owner, item.last_id, item.ttl_s, tokens)
+        self.sink.hold(rid, item.owner, item.last_id, item.ttl_s, tokens, item.job)
         submitted_at = item.job.submitted_at if item.job is not None else None
         if start.kind is StartKind.RUN:
             assert item.job is not None

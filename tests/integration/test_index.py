@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from consumer.index import parse_entries
@@ -19,8 +21,7 @@ def send(stack: Stack, commands: list[tuple[str, ...]], times: int = 1) -> None:
 
 
 def test_lifecycle_is_idempotent_and_folds(tiny_stack: Stack) -> None:
-    rid = tiny_stack.producer.submit("hello", max_tokens=2)
-    tiny_stack.reader.result(rid, timeout_s=60)
+    rid = keys.new_request_id()  # no worker runs it: only these commands write its index
     # What the worker's round trips send (a resend repeats them; takeover sends running again).
     send(tiny_stack, index.on_running(rid, "w1", "m", "b1", 1), times=2)
     send(tiny_stack, index.on_progress(rid, 5, ttft_s=0.1, tokens_per_s=50.0))
@@ -70,3 +71,47 @@ def test_bounded(tiny_stack: Stack) -> None:
     assert client.xlen(keys.INDEX_EVENTS_KEY) < index.EVENTS_MAXLEN * 1.2
     assert client.zcard(keys.INDEX_RECENT_KEY) == index.RECENT_MAX
     assert client.zcard(keys.INDEX_RUNNING_KEY) == 0
+
+
+def test_worker_reports_running_progress_and_end(smol_stack: Stack) -> None:
+    """The real worker writes the index in its own round trips: running (with its worker id
+    and attempt), progress with tokens and TTFT about once a second, the end with usage."""
+    # SmolLM2 (about 15-20 tokens/s here): long enough for progress events, which the tiny
+    # model outruns.
+    rid = smol_stack.producer.submit("index me", max_tokens=40, ignore_eos=True, temperature=0)
+    result = smol_stack.reader.result(rid, timeout_s=120)
+    client = smol_stack.producer._redis
+    deadline = time.monotonic() + 5  # the end goes out with the worker's next round trip
+    while client.zscore(keys.INDEX_RECENT_KEY, rid) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = recent_events(smol_stack, rid)
+    statuses = [e["s"] for e in events]
+    assert statuses[0] == "queued" and statuses[1] == "running" and statuses[-1] == "finished", statuses
+    running = events[1]
+    assert running["worker"] and running["attempt"] == 1
+    ended = events[-1]
+    assert ended["tokens"] == result.usage.completion_tokens == 40
+    assert ended["finish_reason"] == "length" and ended["usage"]["completion_tokens"] == 40  # type: ignore[index]
+    progress = [e for e in events if e["s"] == "progress"]
+    assert progress, statuses
+    for p in progress:
+        assert 0 < p["tokens"] <= 40 and p["ttft_s"] >= 0 and p["tps"] > 0  # type: ignore[operator]
+    assert client.zscore(keys.INDEX_RUNNING_KEY, rid) is None
+    state: dict[str, object] = {}
+    for ev in events:
+        state = index.fold(state, ev)
+    assert state["s"] == "finished" and state["worker"] == running["worker"]
+
+
+def test_worker_reports_cancel(tiny_stack: Stack) -> None:
+    rid = tiny_stack.producer.submit("cancel me", max_tokens=100_000, ignore_eos=True)
+    stream = tiny_stack.reader.stream(rid, after="0", timeout_s=60, cancel_on_exit=False)
+    next(iter(stream))
+    tiny_stack.producer.cancel(rid)
+    for _ in stream:
+        pass
+    client = tiny_stack.producer._redis
+    deadline = time.monotonic() + 5
+    while client.zscore(keys.INDEX_RECENT_KEY, rid) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [e["s"] for e in recent_events(tiny_stack, rid)][-1] == "cancelled"
