@@ -1,6 +1,7 @@
 """One place that configures Celery for tokenrelay, for the producer and the workers alike.
 
 - JSON only: a task message is data (`schemas.Job`), never a pickle that could run code.
+- On RabbitMQ, publisher confirms: submit returns only once the broker has the message.
 - ``acks_late`` + prefetch 1: a task is acknowledged only after its stream has ended, and a
   worker reserves no more tasks than it runs, so a worker that dies leaves its requests on
   the queue for another worker (which resumes the stream where it stopped).
@@ -68,6 +69,11 @@ def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> 
         worker_send_task_events=events,
         task_send_sent_event=events,
     )
+    if url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"):
+        # Publisher confirms: without them, the first publish after the broker died is written
+        # into a socket the broker already closed and vanishes without an error (seen in the
+        # RabbitMQ restart fault test); with them, submit waits for the broker's ack.
+        app.conf.broker_transport_options["confirm_publish"] = True
     if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
         # Celery refuses a rediss:// broker without an explicit certificate policy; verify
         # certificates unless the URL says otherwise (?ssl_cert_reqs=...).

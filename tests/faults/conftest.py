@@ -54,10 +54,16 @@ def worker_factory(tiny_model_dir: Path) -> Iterator[Callable[..., WorkerProcess
     started: list[WorkerProcess] = []
 
     def start(
-        url: str, *extra: str, ready: bool = True, env: dict[str, str] | None = None, model: str | None = None
+        url: str,
+        *extra: str,
+        ready: bool = True,
+        env: dict[str, str] | None = None,
+        model: str | None = None,
+        broker_url: str | None = None,  # default: the streams' Redis is the broker too
     ) -> WorkerProcess:
         model = model or str(tiny_model_dir)
-        w = WorkerProcess(redis_url=url, model=model, extra_args=[*WORKER_ARGS, *extra], env=env)
+        args = [*WORKER_ARGS, *extra]
+        w = WorkerProcess(redis_url=url, broker_url=broker_url, model=model, extra_args=args, env=env)
         started.append(w)
         return w.wait_ready() if ready else w
 

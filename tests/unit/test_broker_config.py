@@ -51,3 +51,8 @@ def test_celery_dash_a_finds_an_app() -> None:
     import broker.app
 
     assert isinstance(broker.app.app, Celery) and broker.app.celery is broker.app.app
+
+
+def test_rabbitmq_publishes_with_confirms() -> None:
+    assert make_celery("amqp://guest:guest@127.0.0.1:5672//").conf.broker_transport_options["confirm_publish"] is True
+    assert "confirm_publish" not in make_celery("redis://127.0.0.1:6379/0").conf.broker_transport_options
