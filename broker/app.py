@@ -70,9 +70,9 @@ def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> 
         task_send_sent_event=events,
     )
     if url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"):
-        # Publisher confirms: without them, the first publish after the broker died is written
-        # into a socket the broker already closed and vanishes without an error (seen in the
-        # RabbitMQ restart fault test); with them, submit waits for the broker's ack.
+        # Publisher confirms: submit returns only once RabbitMQ has taken the message (for a
+        # durable queue, persisted it).  Without them a message the broker loses in a crash
+        # between receiving and persisting it is gone with no error for the caller.
         app.conf.broker_transport_options["confirm_publish"] = True
     if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
         # Celery refuses a rediss:// broker without an explicit certificate policy; verify
