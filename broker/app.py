@@ -5,9 +5,11 @@
 - ``acks_late`` + prefetch 1: a task is acknowledged only after its stream has ended, and a
   worker reserves no more tasks than it runs, so a worker that dies leaves its requests on
   the queue for another worker (which resumes the stream where it stopped).
-- The Redis transport redelivers an unacknowledged task after ``visibility_timeout``; it must
-  exceed the longest generation, or a live request gets a second owner.  Redelivery is
-  harmless for correctness (explicit stream ids fence the second writer) but wastes work.
+- The Redis transport redelivers an unacknowledged task after ``visibility_timeout``.  With
+  leases (workers/lease.py) a redelivered copy of a request that a live worker holds is
+  settled at once ("already owned") and one that has ended is acknowledged at once, so the
+  timeout need not exceed the longest generation: it only bounds how long the task of a
+  worker that died between receiving it and claiming its lease waits (default 5 min).
 - kombu looks for such expired messages only every ``unacked_restore_interval`` x
   ``unacked_restore_throttle`` seconds (100 s by default), so a dead worker's task could wait
   that long on top of the visibility timeout; the sweep here runs every few seconds (one

@@ -29,7 +29,7 @@ from schemas.errors import ValidationError
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_TTL_S = 3600
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600
+DEFAULT_VISIBILITY_TIMEOUT_S = 300  # leases keep running requests; see broker/app.py
 DEFAULT_LEASE_S = 5.0
 DEFAULT_GRACE_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -140,7 +140,7 @@ def ttl_s(explicit: int | None = None) -> int:
 
 def visibility_timeout_s() -> int:
     """The Redis broker redelivers an unacknowledged task after this long:
-    ``TOKENRELAY_VISIBILITY_TIMEOUT_S``, default 1 h."""
+    ``TOKENRELAY_VISIBILITY_TIMEOUT_S``, default 5 min."""
     return _setting(None, "", "TOKENRELAY_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S, int, 1, "seconds")
 
 

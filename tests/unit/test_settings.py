@@ -25,7 +25,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     assert settings.redis_url() == settings.DEFAULT_REDIS_URL
     assert settings.broker_url() == settings.DEFAULT_REDIS_URL
-    assert settings.ttl_s() == 3600 and settings.visibility_timeout_s() == 3600
+    assert settings.ttl_s() == 3600 and settings.visibility_timeout_s() == 300
     assert settings.lease_s() == 5.0 and settings.grace_s() == 30.0 and settings.max_attempts() == 3
     assert settings.device() is None and settings.torch_threads() is None
     assert settings.api_keys() == [] and settings.task_events() is False
