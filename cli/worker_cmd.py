@@ -56,6 +56,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.add_argument(
         "-E", "--events", action="store_true", default=None, help="send Celery task events (flower, celery events)"
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port; default: "
+        "TOKENRELAY_METRICS_PORT, else none)",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics server listens on")
     p.add_argument("--loglevel", default="INFO", help="Celery and tokenrelay log level")
     p.add_argument("--hostname", help="Celery node name and lease owner id (default: tokenrelay-PID-RANDOM@HOST)")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:  # a flag wins, else its TOKENRELAY_* variable, else the default; all validated there
         lease_s, grace_s = settings.lease_s(args.lease_s), settings.grace_s(args.grace_s)
         max_attempts = settings.max_attempts(args.max_attempts)
+        metrics_port = settings.metrics_port(args.metrics_port)
     except ValidationError as exc:
         note(f"tokenrelay worker: {exc}")
         return 2
@@ -93,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         grace_s=grace_s,
         max_attempts=max_attempts,
         events=bool(args.events),
+        metrics_port=metrics_port,
+        metrics_host=args.metrics_host,
     )
     try:
         run_worker(opts)

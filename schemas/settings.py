@@ -188,6 +188,13 @@ def task_events() -> bool:
     return _flag("TOKENRELAY_TASK_EVENTS", False)
 
 
+def metrics_port(explicit: int | None = None) -> int | None:
+    """``TOKENRELAY_METRICS_PORT``: a worker serves Prometheus metrics on this port (0 picks a
+    free one); unset, it serves none."""
+    picked = _pick(explicit, "metrics_port", "TOKENRELAY_METRICS_PORT")
+    return None if picked is None else _number(picked[0], picked[1], int, 0, "port")
+
+
 # --- the gateway ------------------------------------------------------------------------
 
 
@@ -236,6 +243,7 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("TOKENRELAY_TORCH_THREADS", "all cores", "torch threads of a worker", torch_threads),
     EnvVar("TOKENRELAY_CACHE_DIR", "~/.cache/tokenrelay", "converted models", cache_dir),
     EnvVar("TOKENRELAY_TASK_EVENTS", "0", "workers send Celery task events (flower)", task_events),
+    EnvVar("TOKENRELAY_METRICS_PORT", "none: no metrics server", "worker's Prometheus metrics port", metrics_port),
     EnvVar("TOKENRELAY_API_KEYS", "none: no key needed", "gateway bearer tokens, comma-separated", api_keys),
 )
 

@@ -64,7 +64,9 @@ def attach_engine(app: Celery, worker_id: str, queues: list[str]) -> None:
         max_attempts=settings.max_attempts(),
     )
     runner, name = build_runner(opts)
-    heartbeat = serve(app, runner, name, worker_id, queues, Limits().max_running, opts.grace_s)
+    port = settings.metrics_port()
+    metrics = None if port is None else (port, "127.0.0.1")
+    heartbeat = serve(app, runner, name, worker_id, queues, Limits().max_running, opts.grace_s, metrics)
 
     def stop(**_kwargs: object) -> None:
         heartbeat.stop()

@@ -56,6 +56,8 @@ class WorkerOptions:
     grace_s: float = 30.0  # warm shutdown: finish held requests for this long, then hand them off
     max_attempts: int = 3  # a request claimed more often than this ends with too_many_attempts
     events: bool = False  # Celery task events (-E) for flower; TOKENRELAY_TASK_EVENTS=1 turns them on too
+    metrics_port: int | None = None  # Prometheus metrics on this port (0: a free one); None: off
+    metrics_host: str = "127.0.0.1"
 
 
 def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info) -> tuple[EngineRunner, str]:
@@ -120,13 +122,23 @@ def _drain_on_shutdown(runner: EngineRunner, grace_s: float) -> None:
 
 
 def serve(
-    app: Celery, runner: EngineRunner, name: str, worker_id: str, queues: list[str], capacity: int, grace_s: float
+    app: Celery,
+    runner: EngineRunner,
+    name: str,
+    worker_id: str,
+    queues: list[str],
+    capacity: int,
+    grace_s: float,
+    metrics: tuple[int, str] | None = None,
 ) -> Heartbeat:
-    """Wire a started runner into a Celery app: the generate task, the warm-shutdown drain and
-    the heartbeat (returned: the caller stops it on the way out).  Shared by `tokenrelay
-    worker` and ``celery -A workers.celery_app worker``."""
+    """Wire a started runner into a Celery app: the generate task, the warm-shutdown drain,
+    the metrics server (``metrics`` = (port, host)) and the heartbeat (returned: the caller
+    stops it on the way out).  Shared by `tokenrelay worker` and ``celery -A
+    workers.celery_app worker``."""
     register_generate_task(app, runner)
     _drain_on_shutdown(runner, grace_s)
+    if metrics is not None:
+        _serve_metrics(runner, name, *metrics)
     info = WorkerInfo(
         worker_id=worker_id,
         model=name,
@@ -138,6 +150,15 @@ def serve(
         started_at=time.time(),
     )
     return Heartbeat(runner.sink, runner, info).start()
+
+
+def _serve_metrics(runner: EngineRunner, name: str, port: int, host: str) -> None:
+    from workers.metrics import WorkerMetrics
+
+    observer = WorkerMetrics(name).watch(runner)
+    runner.observer = observer
+    bound = observer.serve(port, host)
+    log.info("metrics on http://%s:%d/metrics", host, bound)
 
 
 def run_worker(opts: WorkerOptions) -> None:
@@ -153,7 +174,8 @@ def run_worker(opts: WorkerOptions) -> None:
     limits = opts.limits or Limits()
     queues = opts.queues or [queue_for_model(name), DEFAULT_QUEUE]
     concurrency = opts.concurrency or limits.max_running
-    heartbeat = serve(app, runner, name, worker_id, queues, limits.max_running, opts.grace_s)
+    metrics = None if opts.metrics_port is None else (opts.metrics_port, opts.metrics_host)
+    heartbeat = serve(app, runner, name, worker_id, queues, limits.max_running, opts.grace_s, metrics)
     argv = [
         "worker",
         "--pool=threads",

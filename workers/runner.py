@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from schemas.config import GenerationConfig
 from schemas.errors import ValidationError
@@ -47,6 +48,25 @@ from workers.lifecycle import Claim, Start, StartKind, decide_start
 from workers.publisher import StreamSink
 
 log = logging.getLogger(__name__)
+
+
+class RunnerObserver(Protocol):
+    """What the engine thread reports as it goes (workers/metrics.py implements it)."""
+
+    def on_step(self, seconds: float, rows: int, tokens: int) -> None: ...
+    def on_settled(self, outcome: str, count: int) -> None: ...
+    def on_takeover(self) -> None: ...
+
+
+class _Unobserved:
+    def on_step(self, seconds: float, rows: int, tokens: int) -> None:
+        pass
+
+    def on_settled(self, outcome: str, count: int) -> None:
+        pass
+
+    def on_takeover(self) -> None:
+        pass
 
 
 @dataclass
@@ -87,6 +107,7 @@ class EngineRunner:
         serves: Callable[[str | None], bool] = lambda _m: True,
         max_attempts: int = 3,
         scan_interval_s: float = 1.0,
+        observer: RunnerObserver | None = None,
     ) -> None:
         self._build_engine = build_engine
         self._engine: Engine | None = None
@@ -97,6 +118,7 @@ class EngineRunner:
         self.max_attempts = max_attempts
         self.idle_wait_s = idle_wait_s
         self.scan_interval_s = scan_interval_s
+        self.observer: RunnerObserver = observer or _Unobserved()
         self._intake: queue.SimpleQueue[_Intake] = queue.SimpleQueue()
         self._tickets: dict[str, Ticket] = {}
         self._stop = threading.Event()
@@ -229,9 +251,11 @@ class EngineRunner:
             raise
 
     def _cycle(self) -> None:
+        t0 = time.perf_counter()
         emissions = self.engine.step()
+        took = time.perf_counter() - t0
         outcome = self.sink.publish(emissions, watch=self.engine.active_ids())
-        self._count_tokens(emissions)
+        self.observer.on_step(took, len(self.engine.rows), self._count_tokens(emissions))
         self._finish(outcome.finished, "finished")
         for rid, why in outcome.broken.items():
             log.error("request %s: Redis refused its stream for good (%s); dropping it", rid, why)
@@ -325,6 +349,7 @@ class EngineRunner:
         if item is None:
             return  # ended (and unindexed by _prepare) or held by a live worker
         log.info("taking over request %s (%s)", rid, item.owner)
+        self.observer.on_takeover()
         self._accept(item)
 
     def _hand_off(self) -> None:
@@ -349,15 +374,20 @@ class EngineRunner:
         os.kill(os.getpid(), signal.SIGTERM)  # let Celery shut down warmly; nothing runs here any more
 
     def _finish(self, rids: set[str], outcome: str) -> None:
+        settled = 0
         for rid in rids:
             ticket = self._tickets.pop(rid, None)
             if ticket is not None:
                 ticket.settle(outcome)
+                settled += 1
+        if settled:
+            self.observer.on_settled(outcome, settled)
 
-    def _count_tokens(self, emissions: Sequence[Emission]) -> None:
+    def _count_tokens(self, emissions: Sequence[Emission]) -> int:
         n = sum(len(r.token_ids) for _rid, r in emissions)
         now = time.monotonic()
         if n:
             self._tokens.append((now, n))
         while self._tokens and self._tokens[0][0] < now - 10:
             self._tokens.popleft()
+        return n

@@ -77,6 +77,8 @@ BAD = [
     ("TOKENRELAY_DEVICE", "tpu", settings.device),
     ("TOKENRELAY_TORCH_THREADS", "many", settings.torch_threads),
     ("TOKENRELAY_TASK_EVENTS", "maybe", settings.task_events),
+    ("TOKENRELAY_METRICS_PORT", "http", settings.metrics_port),
+    ("TOKENRELAY_METRICS_PORT", "-1", settings.metrics_port),
     ("TOKENRELAY_API_KEYS", " , ", settings.api_keys),
     ("TOKENRELAY_API_KEYS", "a,,b", settings.api_keys),
 ]

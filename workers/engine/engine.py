@@ -131,6 +131,10 @@ class Engine:
 
     # -- the loop -------------------------------------------------------------------------
 
+    def kv_cache_bytes(self) -> int:
+        """Bytes the batch KV cache holds now, spare columns included (for metrics)."""
+        return self.cache.nbytes if self.cache is not None else 0
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.rows or self._outbox)
 

@@ -84,6 +84,11 @@ class BatchCache:
     def length(self) -> int:
         return int(self.mask.shape[1])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every layer's key and value buffers (spare columns included)."""
+        return sum(layer._k.nbytes + layer._v.nbytes for layer in self.layers)
+
     def as_hf_cache(self) -> DynamicCache:
         cache = DynamicCache()
         cache.layers = list(self.layers)
