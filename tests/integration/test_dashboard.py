@@ -75,3 +75,40 @@ def test_dashboard_live(page: object, smol_stack: Stack) -> None:
     time.sleep(3)
     SCREENSHOT.parent.mkdir(exist_ok=True)
     p.screenshot(path=str(SCREENSHOT), full_page=True)  # type: ignore[attr-defined]
+
+
+def test_dashboard_with_api_keys(smol_stack: Stack) -> None:
+    """TOKENRELAY_API_KEYS set: the page asks for a key once, then its feeds (EventSource,
+    which cannot send headers: ?api_key=) and its cancel button (a bearer header) work."""
+    from tests.support.gateway_process import gateway_process
+
+    keys = {"TOKENRELAY_API_KEYS": "k1,k2"}
+    with gateway_process(smol_stack.url, env=keys) as base, playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            p = browser.new_page()
+            p.goto(base + "/")
+            p.wait_for_selector("#key-form:not([hidden])", timeout=20_000)
+            assert p.text_content("#conn") == "API key needed"
+            p.fill("#key", "wrong")
+            p.click("#key-form button")
+            p.wait_for_function("document.querySelector('#conn').textContent === 'wrong API key'", timeout=20_000)
+            p.fill("#key", "k2")
+            p.click("#key-form button")
+            p.wait_for_selector("#conn.live", timeout=20_000)
+
+            rid = smol_stack.producer.submit("Tell me about keys.", max_tokens=200, ignore_eos=True)
+            p.wait_for_selector(row(p, rid), timeout=20_000)
+            p.click(row(p, rid))
+            p.wait_for_function("document.querySelector('#stream-text').textContent.length > 5", timeout=60_000)
+            p.click(f'{row(p, rid)} button[data-cancel="{rid}"]')
+            p.wait_for_selector("#stream-status.cancelled", timeout=30_000)
+            assert smol_stack.reader.result(rid).finish_reason == "cancelled"
+
+            # A link with the key in its fragment connects at once, and the key leaves the address bar.
+            fresh = browser.new_page()
+            fresh.goto(base + "/#key=k1")
+            fresh.wait_for_selector("#conn.live", timeout=20_000)
+            assert "k1" not in fresh.url
+        finally:
+            browser.close()

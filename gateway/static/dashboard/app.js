@@ -13,6 +13,15 @@ let workers = [], batches = [], counts = { queued: 0, running: 0 }, tps = 0;
 const history = { tps: [], queue: [] };
 let dirty = false, selected = null, textSource = null;
 
+// With TOKENRELAY_API_KEYS set, every call needs a key.  It comes from the page's fragment
+// (#key=...: never sent to the server as part of the page's URL, and wiped from the address bar)
+// or from the form the page shows on a 401, and is kept for this tab only.  fetch sends it as a
+// bearer token; EventSource cannot send headers, so its URLs carry ?api_key=.
+const KEY_STORE = "tokenrelay-api-key";
+let apiKey = sessionStorage.getItem(KEY_STORE) || "";
+const keyed = (url) => (apiKey ? `${url}${url.includes("?") ? "&" : "?"}api_key=${encodeURIComponent(apiKey)}` : url);
+const call = (url, opts = {}) => fetch(url, { ...opts, headers: apiKey ? { Authorization: `Bearer ${apiKey}` } : {} });
+
 const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 const num = (x, d = 0) => (x == null ? "" : Number(x).toFixed(d));
@@ -55,8 +64,36 @@ function onTick(d) {
 
 function push(list, v) { list.push(v); if (list.length > CHART_POINTS) list.shift(); }
 
+function keyFromFragment() {
+  const m = location.hash.match(/(?:^#|&)key=([^&]*)/);
+  if (!m) return;
+  apiKey = decodeURIComponent(m[1]);
+  sessionStorage.setItem(KEY_STORE, apiKey);
+  window.history.replaceState(null, "", location.pathname + location.search);  // `history` is the charts' here
+}
+
+async function start() {
+  // One plain request first: an EventSource cannot tell a 401 from a dropped connection.
+  const probe = await call("/v1/dashboard/events");
+  if (probe.body) probe.body.cancel();
+  if (probe.status === 401) {
+    $("#conn").textContent = apiKey ? "wrong API key" : "API key needed"; $("#conn").className = "pill";
+    $("#key-form").hidden = false; $("#key").focus();
+    return;
+  }
+  $("#key-form").hidden = true;
+  connect();
+}
+
+$("#key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  apiKey = $("#key").value.trim();
+  sessionStorage.setItem(KEY_STORE, apiKey);
+  start();
+});
+
 function connect() {
-  const source = new EventSource("/v1/dashboard/events");
+  const source = new EventSource(keyed("/v1/dashboard/events"));
   source.addEventListener("snapshot", (m) => {
     const d = JSON.parse(m.data);
     requests.clear();
@@ -131,7 +168,7 @@ function watch(id) {
   const status = $("#stream-status");
   status.textContent = "streaming"; status.className = "status running";
   const texts = [];
-  textSource = new EventSource(`/v1/dashboard/requests/${encodeURIComponent(id)}/stream`);
+  textSource = new EventSource(keyed(`/v1/dashboard/requests/${encodeURIComponent(id)}/stream`));
   textSource.addEventListener("record", (m) => {
     const r = JSON.parse(m.data);
     texts[r.index] = (texts[r.index] || "") + r.text;
@@ -148,11 +185,12 @@ function watch(id) {
 
 document.addEventListener("click", async (e) => {
   const t = e.target;
-  if (t.dataset.cancel) { e.stopPropagation(); await fetch(`/v1/dashboard/requests/${encodeURIComponent(t.dataset.cancel)}/cancel`, { method: "POST" }); return; }
-  if (t.dataset.cancelBatch) { await fetch(`/v1/batches/${encodeURIComponent(t.dataset.cancelBatch)}/cancel`, { method: "POST" }); return; }
+  if (t.dataset.cancel) { e.stopPropagation(); await call(`/v1/dashboard/requests/${encodeURIComponent(t.dataset.cancel)}/cancel`, { method: "POST" }); return; }
+  if (t.dataset.cancelBatch) { await call(`/v1/batches/${encodeURIComponent(t.dataset.cancelBatch)}/cancel`, { method: "POST" }); return; }
   const row = t.closest("#requests tbody tr");
   if (row) watch(row.dataset.id);
 });
 
-connect();
+keyFromFragment();
+start();
 requestAnimationFrame(render);
