@@ -2,17 +2,21 @@
 
 Submit through the Producer (in the threadpool), then one of three answers: ``background``
 → 202 with the id; ``stream`` → SSE (gateway/streaming.py; a disconnect cancels); else wait
-for the whole result and answer OpenAI's object (a failed request → its error status).
+for the whole result and answer OpenAI's object (a failed request → its error status).  A
+client that leaves while it waits for a whole result cancels its request too: the wait races
+the ASGI ``http.disconnect`` message (nothing else reads from ``receive`` once the body is in).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from consumer.result import Result
 from gateway import render, sse, status, translate
 from gateway.errors import ApiError
 from gateway.models import live_models
@@ -25,7 +29,7 @@ from gateway.schema import (
     ErrorResponse,
 )
 from gateway.state import RESULT_TIMEOUT_S, Gateway
-from gateway.streaming import Observer, record_events
+from gateway.streaming import Observer, cancel_quietly, record_events
 
 DEFAULT_MODEL = "tokenrelay"  # what responses say when the request named no model
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -67,12 +71,35 @@ async def create(gw: Gateway, sub: translate.Submission, request: Request) -> Re
         records = reader.stream(rid, timeout_s=None)
         events = record_events(reader, rid, records, renderer, observer, cancel_on_disconnect=True)
         return sse.response(events, gw.keepalive_s, headers)
-    result = await reader.result(rid, timeout_s=RESULT_TIMEOUT_S)
+    result = await result_unless_gone(gw, rid, request)
+    if result is None:
+        return Response(status_code=499, headers=headers)  # nobody reads it: nginx's "client closed"
     gw.metrics.e2e.observe(time.monotonic() - started)
     if result.usage is not None:
         gw.metrics.tokens.labels("prompt").inc(result.usage.prompt_tokens)
         gw.metrics.tokens.labels("completion").inc(result.usage.completion_tokens)
     return JSONResponse(render.response(head, result), headers=headers)
+
+
+async def result_unless_gone(gw: Gateway, rid: str, request: Request) -> Result | None:
+    """The whole result, or None when the client disconnected first (its request cancelled)."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    waiter = asyncio.ensure_future(gw.clients.reader.result(rid, timeout_s=RESULT_TIMEOUT_S))
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not waiter.done():
+            waiter.cancel()
+    if waiter.done() and not waiter.cancelled():
+        return waiter.result()  # its errors are the answer's
+    await cancel_quietly(gw.clients.reader, rid)
+    return None
 
 
 def router(gw: Gateway) -> APIRouter:

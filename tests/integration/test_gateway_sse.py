@@ -4,11 +4,13 @@ cancels, background + retrieve + resume, error events, keep-alives, metrics."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from consumer.index import recent_events
 from tests.support.gateway_process import gateway_process, wait_for_worker
 from tests.support.sse_client import Event, events, read_all
 from workers.launcher import Stack
@@ -90,6 +92,21 @@ def test_disconnect_cancels(smol_stack: Stack) -> None:
         assert result.finish_reason == "cancelled"
         status = wait_status(http, rid, "cancelled")
         assert status["choices"][0]["tokenrelay_finish_reason"] == "cancelled"  # type: ignore[index]
+
+
+def test_disconnect_from_a_non_streaming_call_cancels(smol_stack: Stack) -> None:
+    """A client that gives up waiting for a whole (non-streaming) result cancels it too."""
+    prompt = f"Once upon a time {uuid.uuid4().hex}"  # finds the request in the index afterwards
+    with gateway_process(smol_stack.url) as base, httpx.Client(base_url=base, timeout=60) as http:
+        body = {"model": wait_for_worker(base), **LONG, "prompt": prompt, "max_tokens": 2000}
+        with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=base, timeout=3) as impatient:
+            impatient.post("/v1/completions", json=body)
+        (rid,) = {e.request_id for e in recent_events(smol_stack.reader) if e.data.get("prompt") == prompt}
+        assert rid is not None
+        result = smol_stack.reader.result(rid, timeout_s=30)
+        assert result.finish_reason == "cancelled"
+        assert result.usage is not None and 0 < result.usage.completion_tokens < 2000
+        wait_status(http, rid, "cancelled")
 
 
 def test_background_retrieve_resume_and_cancel(http: httpx.Client, gateway: tuple[str, str]) -> None:
