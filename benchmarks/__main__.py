@@ -30,6 +30,7 @@ SCENARIOS = {
     6: "s6_cancel",
     7: "s7_memory",
     8: "s8_takeover",
+    10: "s10_gateway",
 }
 
 

@@ -37,8 +37,12 @@ class Received:
     count: int = 0
 
     def see(self, record: Record) -> None:
+        self.see_text(record.text)
+
+    def see_text(self, text: str) -> None:
+        """A record whose text is its publish time (from a reader, or an SSE event's chunk)."""
         now = time.time()
-        stamp = float(record.text)
+        stamp = float(text)
         self.latencies.append(now - stamp)
         self.first_stamp = min(self.first_stamp, stamp)
         self.last_at = max(self.last_at, now)

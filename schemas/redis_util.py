@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio
 
+from schemas import settings
 from schemas.cancel import SCRIPT as CANCEL_SCRIPT
 from schemas.cancel import CancelCall, CancelOutcome
 from schemas.errors import RelayConnectionError
@@ -33,11 +34,19 @@ def describe_url(url: str) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    return redis.Redis.from_url(url, **_options())
 
 
 def connect_async(url: str) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    return redis.asyncio.Redis.from_url(url, **_options())
+
+
+def _options() -> dict[str, float | int]:
+    return {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "max_connections": settings.redis_max_connections(),
+    }
 
 
 @contextmanager
@@ -45,6 +54,14 @@ def translate_redis_errors(url: str) -> Iterator[None]:
     """redis-py's connection trouble becomes RelayConnectionError at the boundary."""
     try:
         yield
+    except redis.exceptions.MaxConnectionsError as exc:
+        # Not an unreachable server: this client is at its own cap (one connection per stream
+        # being read).  Still a RelayConnectionError, so that the gateway answers 503.
+        cap = settings.redis_max_connections()
+        raise RelayConnectionError(
+            f"too many open connections to Redis at {describe_url(url)} ({cap}, set by "
+            "TOKENRELAY_REDIS_MAX_CONNECTIONS): each stream being read holds one"
+        ) from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise RelayConnectionError(f"Redis at {describe_url(url)} is unreachable: {exc}") from exc
 

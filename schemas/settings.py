@@ -33,6 +33,9 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 300  # leases keep running requests; see broker/a
 DEFAULT_LEASE_S = 5.0
 DEFAULT_GRACE_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
+# Every open stream read (an SSE client of the gateway, an async reader's stream) holds one
+# connection in XREAD BLOCK; redis-py 8 caps a pool at 100 unless told otherwise.
+DEFAULT_REDIS_MAX_CONNECTIONS = 4096
 
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 _BROKER_SCHEMES = (*_URL_SCHEMES, "amqp://", "amqps://", "pyamqp://", "memory://")
@@ -162,6 +165,16 @@ def max_attempts(explicit: int | None = None) -> int:
     return _setting(explicit, "max_attempts", "TOKENRELAY_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, int, 1, "attempts")
 
 
+def redis_max_connections(explicit: int | None = None) -> int:
+    """Connections one client (reader, producer, gateway) may open to Redis; each stream being
+    read holds one while it waits: ``TOKENRELAY_REDIS_MAX_CONNECTIONS``, default 4096 (Redis's
+    own ``maxclients`` defaults to 10,000)."""
+    return _setting(
+        explicit, "max_connections", "TOKENRELAY_REDIS_MAX_CONNECTIONS", DEFAULT_REDIS_MAX_CONNECTIONS, int, 1,
+        "connections",
+    )  # fmt: skip
+
+
 # --- the worker's hardware --------------------------------------------------------------
 
 
@@ -239,6 +252,12 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("TOKENRELAY_LEASE_S", f"{DEFAULT_LEASE_S:g}", "dead worker's requests taken over after, seconds", lease_s),
     EnvVar("TOKENRELAY_GRACE_S", f"{DEFAULT_GRACE_S:g}", "warm shutdown: finish held requests for, seconds", grace_s),
     EnvVar("TOKENRELAY_MAX_ATTEMPTS", str(DEFAULT_MAX_ATTEMPTS), "workers that may claim one request", max_attempts),
+    EnvVar(
+        "TOKENRELAY_REDIS_MAX_CONNECTIONS",
+        str(DEFAULT_REDIS_MAX_CONNECTIONS),
+        "Redis connections per client (one per stream being read)",
+        redis_max_connections,
+    ),
     EnvVar("TOKENRELAY_DEVICE", "cuda if present, else cpu", "cpu, cuda, cuda:N, mps or xpu", device),
     EnvVar("TOKENRELAY_TORCH_THREADS", "all cores", "torch threads of a worker", torch_threads),
     EnvVar("TOKENRELAY_CACHE_DIR", "~/.cache/tokenrelay", "converted models", cache_dir),

@@ -3,14 +3,18 @@ cancels, background + retrieve + resume, error events, keep-alives, metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from consumer.index import recent_events
+from schemas import keys
+from schemas.records import Record, Usage, encode
 from tests.support.gateway_process import gateway_process, wait_for_worker
 from tests.support.sse_client import Event, events, read_all
 from workers.launcher import Stack
@@ -164,3 +168,42 @@ def test_keepalive_and_not_ready_without_worker(server_factory: object) -> None:
             first = next(events(response))
         assert first.comment and first.data == "keep-alive"
         http.post(f"/v1/requests/{rid}/cancel")
+
+
+def test_150_sse_clients_of_one_request(server_factory: object) -> None:
+    """Every SSE client holds a Redis connection in XREAD BLOCK: more than redis-py's default
+    pool of 100 must work (the 101st used to get a 503)."""
+    url = server_factory()  # type: ignore[operator]
+    with gateway_process(url) as base:
+        rid = httpx.post(base + "/v1/completions", json={"prompt": "Hi", "background": True}, timeout=30).json()["id"]
+
+        async def clients(n: int) -> list[list[str]]:
+            limits = httpx.Limits(max_connections=n + 5)
+            async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+
+                async def one(started: asyncio.Event) -> list[str]:
+                    async with http.stream("GET", f"/v1/requests/{rid}/events") as response:
+                        assert response.status_code == 200, await response.aread()
+                        started.set()
+                        return [line async for line in response.aiter_lines() if line.startswith("data: ")]
+
+                flags = [asyncio.Event() for _ in range(n)]
+                tasks = [asyncio.create_task(one(flag)) for flag in flags]
+                await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 30)
+                await asyncio.to_thread(write_records, url, rid)  # as a worker would
+                return list(await asyncio.wait_for(asyncio.gather(*tasks), 60))
+
+        got = asyncio.run(clients(150))
+    assert all(lines == got[0] for lines in got)
+    assert got[0][-1] == "data: [DONE]" and len(got[0]) == 4  # two chunks, the usage chunk, [DONE]
+
+
+def write_records(url: str, rid: str) -> None:
+    client = redis.Redis.from_url(url)
+    usage = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
+    for record in (
+        Record(seq=0, text="a", token_ids=[1]),
+        Record(seq=1, text="b", token_ids=[2], finish_reason="stop", usage=usage),
+    ):
+        client.xadd(keys.deltas_key(rid), {"r": encode(record)}, id=keys.entry_id_for(record.seq))
+    client.close()

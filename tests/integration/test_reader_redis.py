@@ -417,3 +417,19 @@ def test_importing_consumer_does_not_import_torch_or_transformers() -> None:
     code = "import sys, consumer; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_reader_at_its_connection_cap_names_the_setting(
+    client: redis.Redis, new_id: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENRELAY_REDIS_MAX_CONNECTIONS", "1")
+    rid = new_id()  # type: ignore[operator]
+    running(client, rid)
+    async with AsyncStreamReader(URL) as reader:
+        first = asyncio.create_task(anext(reader.stream(rid, timeout_s=3)))
+        await asyncio.sleep(0.3)  # the first stream holds the one connection in XREAD BLOCK
+        with pytest.raises(RelayConnectionError, match="TOKENRELAY_REDIS_MAX_CONNECTIONS"):
+            await anext(reader.stream(rid, timeout_s=1))
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StreamTimeout):
+            await first

@@ -29,6 +29,7 @@ def test_defaults() -> None:
     assert settings.lease_s() == 5.0 and settings.grace_s() == 30.0 and settings.max_attempts() == 3
     assert settings.device() is None and settings.torch_threads() is None
     assert settings.api_keys() == [] and settings.task_events() is False
+    assert settings.redis_max_connections() == 4096
     settings.validate_environment()
 
 
