@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from consumer.result import Result
-from gateway import render, sse, status, translate
+from gateway import render, sse, translate
 from gateway.errors import ApiError
 from gateway.models import live_models
 from gateway.schema import (
@@ -60,7 +60,6 @@ async def create(gw: Gateway, sub: translate.Submission, request: Request) -> Re
     rid = await gw.clients.submit(sub.prompt, messages=sub.messages, model=sub.model, **sub.config)
     request.state.request_id = rid  # error answers from here on carry it
     reader = gw.clients.reader
-    await status.remember_api(reader, rid, sub.api)
     headers = {"X-Request-Id": rid}
     if sub.background:
         return JSONResponse({"id": rid, "object": "tokenrelay.request", "status": "queued"}, 202, headers=headers)

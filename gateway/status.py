@@ -52,12 +52,6 @@ async def lookup(reader: AsyncStreamReader, request_id: str) -> RequestInfo:
     return RequestInfo(request_id, state, _text(model) or None, _text(api) or "completion", last_id, created)
 
 
-async def remember_api(reader: AsyncStreamReader, request_id: str, api: str) -> None:
-    """Which API created the request, so that /v1/requests/{id}/events renders its shape."""
-    with translate_redis_errors(reader.label):
-        await reader._client.hset(keys.meta_key(request_id), "api", api)
-
-
 async def snapshot(reader: AsyncStreamReader, info: RequestInfo) -> Result:
     builder = ResultBuilder()
     if info.last_entry_id is None:

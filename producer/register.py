@@ -61,6 +61,9 @@ def meta_fields(job: Job) -> dict[str, Any]:
         "ttl_s": job.ttl_s,
         "digest": job.digest(),
         "status": "queued",
+        # How the gateway renders its events (chat chunks or completion chunks); written here,
+        # in the submit's round trip, rather than by the gateway in a second one.
+        "api": "chat" if job.messages is not None else "completion",
     }
 
 
