@@ -1,5 +1,5 @@
 """`AsyncStreamReader`: the asyncio shell around :class:`consumer.core.ReaderCore`
-(redis.asyncio.Redis).  Same core, same decisions as :class:`consumer.StreamReader`."""
+(redis.asyncio.Redis or a Redis Cluster).  Same core, same decisions as :class:`consumer.StreamReader`."""
 
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import Any
 
-import redis.asyncio
-
 from consumer import batch_io, index
 from consumer.batch import BatchItemResult, BatchProgress
-from consumer.connection import check_binary, describe
+from consumer.connection import check_binary, connection_kwargs, describe
 from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
 from schemas import keys, settings
 from schemas.cancel import CancelOutcome
 from schemas.errors import RelayConnectionError, RequestNotFound
 from schemas.records import Record
-from schemas.redis_util import connect_async, run_cancel_async, translate_redis_errors
+from schemas.redis_util import AsyncClient, connect_async, run_cancel_async, translate_redis_errors
 
 _FINALIZER_ITERATIONS = 3  # two are needed; one spare
 
@@ -30,14 +28,14 @@ _FINALIZER_ITERATIONS = 3  # two are needed; one spare
 class AsyncStreamReader:
     """Reads request streams with XREAD; see the `consumer` package docstring."""
 
-    def __init__(self, redis_url: str | None = None, *, client: redis.asyncio.Redis | None = None) -> None:
+    def __init__(self, redis_url: str | None = None, *, client: AsyncClient | None = None) -> None:
         self._owns_client = client is None  # an injected client belongs to the caller
         if client is None:
             redis_url = settings.redis_url(redis_url)
             client = connect_async(redis_url)
-        self._client: redis.asyncio.Redis = client
-        self.label = describe(redis_url, client.connection_pool.connection_kwargs)
-        check_binary(client.connection_pool.connection_kwargs)
+        self._client: AsyncClient = client
+        self.label = describe(redis_url, connection_kwargs(client))
+        check_binary(connection_kwargs(client))
         # `break` out of `async for` does not close an async generator: once it is collected,
         # the loop closes it in a task of its own, a few iterations later.  aclose() closes the
         # streams still referenced and waits for those exit cancels, so none hits a closed client.

@@ -10,6 +10,18 @@ from schemas.errors import ValidationError
 from schemas.redis_util import describe_url
 
 
+def connection_kwargs(client: Any) -> Mapping[str, Any]:
+    """The keyword arguments a client's connections are made with: a standalone client keeps
+    them on its pool, redis-py's cluster clients on the client (async) or its nodes manager."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        return pool.connection_kwargs
+    kwargs = getattr(client, "connection_kwargs", None)
+    if kwargs is None:
+        kwargs = client.nodes_manager.connection_kwargs
+    return kwargs
+
+
 def describe(url: str | None, kwargs: Mapping[str, Any]) -> str:
     """What error messages call the server: the masked URL, or for an injected client a
     URL-like label built from its pool's connection kwargs (never the password)."""

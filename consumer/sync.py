@@ -1,4 +1,4 @@
-"""`StreamReader`: the blocking shell around :class:`consumer.core.ReaderCore` (redis.Redis)."""
+"""`StreamReader`: the blocking shell around :class:`consumer.core.ReaderCore` (redis.Redis or a Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -8,31 +8,29 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-import redis
-
 from consumer import batch_io, index
 from consumer.batch import BatchItemResult, BatchProgress
-from consumer.connection import check_binary, describe
+from consumer.connection import check_binary, connection_kwargs, describe
 from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
 from schemas import keys, settings
 from schemas.cancel import CancelOutcome
 from schemas.errors import RelayConnectionError, RequestNotFound
 from schemas.records import Record
-from schemas.redis_util import connect, run_cancel, translate_redis_errors
+from schemas.redis_util import SyncClient, connect, run_cancel, translate_redis_errors
 
 
 class StreamReader:
     """Reads request streams with XREAD; see the `consumer` package docstring."""
 
-    def __init__(self, redis_url: str | None = None, *, client: redis.Redis | None = None) -> None:
+    def __init__(self, redis_url: str | None = None, *, client: SyncClient | None = None) -> None:
         self._owns_client = client is None  # an injected client belongs to the caller
         if client is None:
             redis_url = settings.redis_url(redis_url)
             client = connect(redis_url)
-        self._client: redis.Redis = client
-        self.label = describe(redis_url, client.connection_pool.connection_kwargs)
-        check_binary(client.connection_pool.connection_kwargs)
+        self._client: SyncClient = client
+        self.label = describe(redis_url, connection_kwargs(client))
+        check_binary(connection_kwargs(client))
 
     def stream(
         self,

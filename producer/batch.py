@@ -102,7 +102,8 @@ def _cancel_chunk(producer: Producer, rids: Sequence[str]) -> None:
     while pending:  # a second round only for the queued items (they need their records)
         pipe = producer._redis.pipeline(transaction=False)
         for call in pending:
-            pipe.eval(CANCEL_SCRIPT, len(call.keys), *call.keys, *call.args)
+            # execute_command: a cluster pipeline blocks eval(); the keys share one slot.
+            pipe.execute_command("EVAL", CANCEL_SCRIPT, len(call.keys), *call.keys, *call.args)
         replies, now = pipe.execute(), time.time()
         again: list[CancelCall] = []
         for call, reply in zip(pending, replies, strict=True):

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import redis
 from celery import Celery
 
 from broker.app import make_celery
@@ -26,7 +25,7 @@ from schemas.cancel import CancelOutcome
 from schemas.config import GenerationConfig, check_known_fields
 from schemas.errors import RelayConnectionError, ValidationError
 from schemas.job import TASK_NAME, Job, queue_for_model
-from schemas.redis_util import connect, describe_url, translate_redis_errors
+from schemas.redis_util import SyncClient, connect, describe_url, translate_redis_errors
 from schemas.settings import redis_url as resolve_redis_url
 from schemas.settings import ttl_s as resolve_ttl
 
@@ -38,13 +37,15 @@ class Producer:
         broker_url: str | None = None,
         *,
         ttl_s: int | None = None,
-        client: redis.Redis | None = None,
+        client: SyncClient | None = None,
         celery_app: Celery | None = None,
     ) -> None:
         self.redis_url = resolve_redis_url(redis_url)
         self.ttl_s = resolve_ttl(ttl_s)
-        self._redis = client if client is not None else connect(self.redis_url)
+        # The broker first: a cluster Redis URL without a broker URL is a configuration error,
+        # told before a cluster client connects (it reads the slot map at once).
         self._app = celery_app if celery_app is not None else make_celery(broker_url, self.redis_url)
+        self._redis = client if client is not None else connect(self.redis_url)
 
     def submit(
         self,

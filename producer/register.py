@@ -82,8 +82,9 @@ def register_args(job: Job) -> list[Any]:
 def register_into(pipe: Any, job: Job) -> None:
     """The register script into a pipeline.  EVAL rather than EVALSHA: redis-py's pipeline
     would add a SCRIPT EXISTS round trip to every execute; the text is small and the server
-    caches its compiled form by hash."""
-    pipe.eval(REGISTER, 2, *register_keys(job), *register_args(job))
+    caches its compiled form by hash.  Through ``execute_command``: redis-py's cluster
+    pipeline blocks its ``eval`` method (it cannot know the keys share a slot; they do)."""
+    pipe.execute_command("EVAL", REGISTER, 2, *register_keys(job), *register_args(job))
 
 
 def check_registered(job: Job, reply: object) -> Registered:

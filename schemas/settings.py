@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from schemas.cluster_url import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
 from schemas.errors import ValidationError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -38,6 +39,7 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REDIS_MAX_CONNECTIONS = 4096
 
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = (*_URL_SCHEMES, *CLUSTER_SCHEMES)  # streams may live on a Redis Cluster
 _BROKER_SCHEMES = (*_URL_SCHEMES, "amqp://", "amqps://", "pyamqp://", "memory://")
 # Spelled out instead of asking torch: this module must stay importable without it.
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu)(:\d+)?)$")
@@ -107,13 +109,37 @@ def _url(explicit: str | None, argument: str, env: str, schemes: tuple[str, ...]
 
 
 def redis_url(explicit: str | None = None) -> str:
-    """Where streams and cancel keys live: argument, ``TOKENRELAY_REDIS_URL``, or localhost."""
-    return _url(explicit, "redis_url", "TOKENRELAY_REDIS_URL", _URL_SCHEMES) or DEFAULT_REDIS_URL
+    """Where streams and cancel keys live: argument, ``TOKENRELAY_REDIS_URL``, or localhost.
+    ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://``) is a Redis Cluster."""
+    url = _url(explicit, "redis_url", "TOKENRELAY_REDIS_URL", _REDIS_SCHEMES)
+    if url is None:
+        return DEFAULT_REDIS_URL
+    if is_cluster_url(url):
+        parse_cluster_url(url, "redis_url" if explicit else "TOKENRELAY_REDIS_URL")  # seeds, ports, db 0
+    return url
 
 
 def broker_url(explicit: str | None = None, redis: str | None = None) -> str:
-    """Celery's broker: argument, ``TOKENRELAY_BROKER_URL``, or the Redis URL."""
-    return _url(explicit, "broker_url", "TOKENRELAY_BROKER_URL", _BROKER_SCHEMES) or redis_url(redis)
+    """Celery's broker: argument, ``TOKENRELAY_BROKER_URL``, or the Redis URL.  Never a Redis
+    Cluster: kombu has no cluster transport (a queue is one list on one node anyway)."""
+    picked = _pick(explicit or None, "broker_url", "TOKENRELAY_BROKER_URL")
+    if picked is not None and is_cluster_url(str(picked[0])):
+        raise ValidationError(
+            picked[1], "the Celery broker cannot be a Redis Cluster (kombu has no cluster transport): give an "
+            "amqp:// (RabbitMQ) or a standalone redis:// URL; the cluster goes in TOKENRELAY_REDIS_URL",
+        )  # fmt: skip
+    url = _url(explicit, "broker_url", "TOKENRELAY_BROKER_URL", _BROKER_SCHEMES)
+    if url is not None:
+        return url
+    streams = redis_url(redis)
+    if is_cluster_url(streams):
+        # Named after the variable to set (callers pass the resolved Redis URL along, so
+        # whether it came from an argument is not known here).
+        raise ValidationError(
+            "TOKENRELAY_BROKER_URL", "a broker URL (amqp:// or a standalone redis://; or the broker_url argument) "
+            "is needed: the Redis URL is a Redis Cluster, which cannot be the Celery broker",
+        )  # fmt: skip
+    return streams
 
 
 def model_name(explicit: str | None = None) -> str:

@@ -124,6 +124,10 @@ def start_stack(
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     ttl_s: int | None = None,
+    broker_url: str | None = None,
 ) -> Stack:
-    worker = WorkerProcess(redis_url=url, model=model, extra_args=extra_args, env=env).wait_ready()
-    return Stack(url, worker, Producer(url, ttl_s=ttl_s), StreamReader(url))
+    """A worker, producer and reader on ``url``; the broker is ``url`` too unless given (it
+    must be given when ``url`` is a Redis Cluster, which cannot be a broker)."""
+    worker = WorkerProcess(redis_url=url, broker_url=broker_url, model=model, extra_args=extra_args, env=env)
+    worker.wait_ready()
+    return Stack(url, worker, Producer(url, broker_url, ttl_s=ttl_s), StreamReader(url))

@@ -17,13 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
 from celery import Celery
 
 from broker.app import make_celery
-from schemas.errors import RelayConnectionError
 from schemas.job import DEFAULT_QUEUE, queue_for_model
-from schemas.redis_util import connect, describe_url
+from schemas.redis_util import connect, translate_redis_errors
 from schemas.settings import model_name, redis_url, torch_threads, ttl_s
 from schemas.workers import WorkerInfo
 from workers.engine.engine import Engine
@@ -77,11 +75,9 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
         progress(f"model ready on {loaded.device} ({next(loaded.model.parameters()).dtype})")
         return Engine(loaded, opts.limits or Limits(), opts.stream_interval)
 
-    client = connect(url)
-    try:
+    with translate_redis_errors(url):  # a cluster client reads its slot map in connect()
+        client = connect(url)
         client.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RelayConnectionError(f"Redis at {describe_url(url)} is unreachable: {exc}") from exc
     worker_id = opts.worker_id or f"tokenrelay-{os.getpid()}@{socket.gethostname()}"
     sink = StreamSink(client, ttl_s(), url, worker_id=worker_id, lease_s=opts.lease_s)
     runner = EngineRunner(build_engine, sink, serves=model_matcher(name), max_attempts=opts.max_attempts)

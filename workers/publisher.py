@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 
 import hiredis
 import redis
+import redis.cluster
 
 from schemas import keys
 from schemas.errors import SchemaError
 from schemas.job import Job
 from schemas.records import FIELD, Record, decode
-from schemas.redis_util import describe_url
+from schemas.redis_util import CLUSTER_TRANSIENT, OUTAGE_ERRORS, SyncClient, describe_url, is_outage
 from schemas.workers import HEARTBEAT_TTL_S, WorkerInfo
 from workers.index_book import IndexBook
 from workers.lease import SCRIPTS
@@ -36,11 +37,10 @@ Emission = tuple[str, Record]
 T = TypeVar("T")
 _SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 
-_TRANSIENT = (
+_TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.ReadOnlyError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.MasterDownError,
+    *CLUSTER_TRANSIENT,  # TRYAGAIN, CLUSTERDOWN / MASTERDOWN, a MOVED left over mid-failover
 )
 
 
@@ -56,7 +56,7 @@ class StreamState:
 class StreamSink:
     def __init__(
         self,
-        client: redis.Redis,
+        client: SyncClient,
         ttl_s: int = 3600,
         url: str = "",
         max_backoff_s: float = 5.0,
@@ -221,7 +221,9 @@ class StreamSink:
             # Members whose beats stopped long ago (their hashes are gone): keep the index small.
             pipe.zremrangebyscore(keys.WORKERS_KEY, "-inf", int((info.heartbeat_at - 3600) * 1000))
             pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except OUTAGE_ERRORS as exc:
+            if not is_outage(exc):
+                raise
             log.debug("heartbeat not written: %s", exc)
 
     def forget_worker(self, worker_id: str) -> None:
@@ -230,8 +232,9 @@ class StreamSink:
             pipe.delete(keys.worker_key(worker_id))
             pipe.zrem(keys.WORKERS_KEY, worker_id)
             pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass
+        except OUTAGE_ERRORS as exc:
+            if not is_outage(exc):
+                raise
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -242,7 +245,9 @@ class StreamSink:
         while True:
             try:
                 return call(attempt)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except OUTAGE_ERRORS as exc:  # Redis away, or a cluster failing over
+                if not is_outage(exc):
+                    raise
                 attempt += 1
                 delay = min(self.max_backoff_s, 0.05 * 2**attempt)
                 log.warning("Redis at %s unreachable (%s); retrying in %.2fs", describe_url(self.url), exc, delay)
@@ -259,17 +264,38 @@ class StreamSink:
         commands.extend(extra)
         replies = self._round_trip(commands)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-            # A fresh or restarted server: load every script, send the whole trip again (the
-            # scripts that did run the first time answer the same on a resend).
-            self._round_trip([("SCRIPT", "LOAD", text) for text in SCRIPTS.values()])
+            # A fresh or restarted server (or a replica just promoted: scripts are not
+            # replicated): load every script, send the whole trip again (the scripts that did
+            # run the first time answer the same on a resend).
+            self._load_scripts()
             replies = self._round_trip(commands)
         return replies
 
+    def _load_scripts(self) -> None:
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            for text in SCRIPTS.values():
+                self.client.script_load(text)  # redis-py sends it to every master
+        else:
+            self._round_trip([("SCRIPT", "LOAD", text) for text in SCRIPTS.values()])
+
     def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[object]:
-        """Send all commands in one write and read every reply: a pipeline without redis-py's
-        per-command Python layers (they cost more than packing and parsing in hiredis).  Error
-        replies come back as exceptions in the list."""
-        pool = self.client.connection_pool
+        """Send all commands and read every reply; error replies come back as exceptions in
+        the list.  On a cluster, redis-py's cluster pipeline: it groups the commands by the
+        node of their slot, writes to every node before reading any reply (one round trip
+        of latency, one batch per node) and follows MOVED/ASK.  Standalone: the fast path."""
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return pipe.execute(raise_on_error=False)
+        return self._packed_round_trip(self.client, commands)
+
+    @staticmethod
+    def _packed_round_trip(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[object]:
+        """One write and one read of a standalone server's connection: a pipeline without
+        redis-py's per-command Python layers (they cost more than packing and parsing in
+        hiredis)."""
+        pool = client.connection_pool
         conn = pool.get_connection()
         try:
             # One buffer, one sendall: a list would be written command by command.

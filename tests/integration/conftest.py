@@ -24,8 +24,8 @@ def server_factory() -> Iterator[object]:
         yield lambda: servers.enter_context(embedded_redis())
 
 
-def stack_of(url: str, model: str, extra: list[str]) -> Iterator[Stack]:
-    stack = start_stack(url, model, extra)
+def stack_of(url: str, model: str, extra: list[str], broker_url: str | None = None) -> Iterator[Stack]:
+    stack = start_stack(url, model, extra, broker_url=broker_url)
     try:
         yield stack
     finally:

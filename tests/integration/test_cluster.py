@@ -1,0 +1,228 @@
+"""The whole pipeline on a real 3-master Redis Cluster (valkey nodes started by the test).
+
+Streams, metas, leases and the request index live on the cluster (``redis+cluster://``); the
+Celery broker is a standalone embedded valkey (a cluster cannot be a broker).  Request ids
+are picked so that their keys land on every master, so that each path (producer's register
+pipeline, the worker's per-node step pipelines, both readers, cancel) crosses nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.cluster
+
+from consumer import AsyncStreamReader, StreamReader
+from producer import Producer
+from schemas import index, keys
+from schemas.errors import RelayConnectionError, ValidationError
+from schemas.records import Record
+from schemas.redis_util import connect
+from tests.integration.conftest import stack_of
+from tests.support.cluster import LocalCluster, local_cluster
+from workers.launcher import Stack
+
+pytestmark = pytest.mark.integration
+
+NOBODY = "tokenrelay.cluster-test.nobody"  # a queue no worker consumes: requests stay queued
+WORKER_ARGS = ["--concurrency", "8", "--max-running", "8", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with local_cluster(masters=3) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def broker(server_factory: object) -> str:
+    return server_factory()  # type: ignore[operator,no-any-return]
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: LocalCluster, broker: str, tiny_model_dir: Path) -> Iterator[Stack]:
+    yield from stack_of(cluster.url, str(tiny_model_dir), WORKER_ARGS, broker_url=broker)
+
+
+@pytest.fixture(scope="module")
+def client(cluster: LocalCluster) -> Iterator[redis.cluster.RedisCluster]:
+    c = connect(cluster.url)
+    assert isinstance(c, redis.cluster.RedisCluster)
+    yield c
+    c.close()
+
+
+def ids_on_every_master(cluster: LocalCluster, per_node: int = 2) -> list[str]:
+    """Fresh request ids, ``per_node`` of them on each master's slots."""
+    by_port: dict[int, list[str]] = {}
+    while len(by_port) < 3 or min(len(v) for v in by_port.values()) < per_node:
+        rid = keys.new_request_id()
+        by_port.setdefault(cluster.primary_port_of(keys.deltas_key(rid)), []).append(rid)
+    return [rid for ids in by_port.values() for rid in ids[:per_node]]
+
+
+def check_complete(records: list[Record]) -> None:
+    assert records, "no records"
+    assert [r.seq for r in records] == list(range(len(records)))
+    assert records[-1].usage is not None and records[-1].finish_reason == "length"
+    assert sum(len(r.token_ids) for r in records) == records[-1].usage.completion_tokens
+
+
+async def read_async(url: str, rids: list[str]) -> dict[str, list[Record]]:
+    async with AsyncStreamReader(url) as reader:
+
+        async def one(rid: str) -> list[Record]:
+            return [r async for r in reader.stream(rid, timeout_s=60)]
+
+        streams = await asyncio.gather(*(one(rid) for rid in rids))
+    return dict(zip(rids, streams, strict=True))
+
+
+def test_requests_on_every_master_stream_to_both_readers(
+    stack: Stack, cluster: LocalCluster, client: redis.cluster.RedisCluster
+) -> None:
+    chosen = ids_on_every_master(cluster)
+    # Caller-chosen ids (the register script, then the index in a second pipeline) and
+    # random ones (both in one pipeline that spans the request's node and the index's).
+    rids = [stack.producer.submit("héllo 日本", request_id=rid, max_tokens=12, ignore_eos=True) for rid in chosen]
+    rids += [stack.producer.submit(f"random {i}", max_tokens=12, ignore_eos=True) for i in range(3)]
+    nodes = {client.get_node_from_key(keys.deltas_key(rid)).name for rid in rids}
+    assert len(nodes) == 3  # every master holds some of the streams
+
+    synced = {rid: list(stack.reader.stream(rid, timeout_s=60)) for rid in rids}
+    asynced = asyncio.run(read_async(cluster.url, rids))
+    for rid in rids:
+        check_complete(synced[rid])
+        assert asynced[rid] == synced[rid]
+        assert [r.entry_id for r in asynced[rid]] == [r.entry_id for r in synced[rid]]
+        assert client.hget(keys.meta_key(rid), "status") == b"finished"
+    # Once more from a reader that starts late: everything is still there.
+    with StreamReader(cluster.url) as late:
+        assert late.result(rids[0], timeout_s=10).texts == ["".join(r.text for r in synced[rids[0]] if r.index == 0)]
+
+
+def test_resume_after_an_entry_id(stack: Stack, cluster: LocalCluster) -> None:
+    rid = stack.producer.submit("resume me", max_tokens=20, ignore_eos=True)
+    records = list(stack.reader.stream(rid, timeout_s=60))
+    check_complete(records)
+    middle = records[len(records) // 2]
+    assert middle.entry_id is not None
+    with StreamReader(cluster.url) as reader:
+        assert list(reader.stream(rid, after=middle.entry_id, timeout_s=10)) == records[len(records) // 2 + 1 :]
+
+    async def resume() -> list[Record]:
+        async with AsyncStreamReader(cluster.url) as reader:
+            return [r async for r in reader.stream(rid, after=middle.entry_id or "", timeout_s=10)]
+
+    assert asyncio.run(resume()) == records[len(records) // 2 + 1 :]
+
+
+def test_cancel_of_a_running_request_on_each_master(stack: Stack, cluster: LocalCluster) -> None:
+    rids = [
+        stack.producer.submit("cancel me", request_id=rid, max_tokens=100_000, ignore_eos=True)
+        for rid in ids_on_every_master(cluster, per_node=1)
+    ]
+    streams = [stack.reader.stream(rid, timeout_s=60) for rid in rids]
+    for stream in streams:
+        next(stream)  # it runs
+    assert [stack.reader.cancel(rid) for rid in rids] == ["signalled"] * 3
+    for stream in streams:
+        rest = list(stream)
+        assert rest[-1].finish_reason == "cancelled" and rest[-1].usage is not None
+
+
+def test_cancel_of_a_queued_request_sync_and_async(stack: Stack, cluster: LocalCluster) -> None:
+    first, second = (stack.producer.submit("never runs", max_tokens=5, n=2, queue=NOBODY) for _ in range(2))
+    assert stack.producer.cancel(first) == "cancelled"
+    records = list(stack.reader.stream(first, timeout_s=5))
+    assert [(r.seq, r.finish_reason) for r in records] == [(0, "cancelled"), (1, "cancelled")]
+
+    async def cancel_async() -> tuple[str, list[str | None]]:
+        async with AsyncStreamReader(cluster.url) as reader:
+            outcome = await reader.cancel(second)
+            return outcome, (await reader.result(second, timeout_s=5)).finish_reasons
+
+    assert asyncio.run(cancel_async()) == ("cancelled", ["cancelled", "cancelled"])
+    assert stack.reader.cancel(first) == "ended"
+
+
+def test_request_index_on_the_cluster(stack: Stack, cluster: LocalCluster, client: redis.cluster.RedisCluster) -> None:
+    feed = stack.reader.events()  # from now on
+    queued = stack.producer.submit("waits", max_tokens=5, queue=NOBODY)
+    running = stack.producer.submit("runs long", max_tokens=100_000, ignore_eos=True)
+    stream = stack.reader.stream(running, timeout_s=60)
+    next(stream)
+    active = {a.request_id: a.status for a in stack.reader.active(limit=1000)}
+    assert active[queued] == "queued" and active[running] == "running"
+
+    async def active_async() -> dict[str, str]:
+        async with AsyncStreamReader(cluster.url) as reader:
+            return {a.request_id: a.status for a in await reader.active(limit=1000)}
+
+    assert asyncio.run(active_async())[running] == "running"
+    stack.reader.cancel(running)
+    list(stream)
+    seen: dict[str, list[str]] = {}
+    deadline = time.monotonic() + 30
+    for ev in feed:
+        if ev.request_id in (queued, running):
+            seen.setdefault(ev.request_id, []).append(ev.status)
+        if "cancelled" in seen.get(running, []) or time.monotonic() > deadline:
+            break
+    assert seen[queued][0] == "queued"
+    assert seen[running][0] == "queued" and "running" in seen[running] and seen[running][-1] == "cancelled"
+    assert client.zscore(keys.INDEX_RECENT_KEY, running) is not None
+    assert client.zscore(keys.INDEX_RUNNING_KEY, running) is None
+    # The global keys are single keys, each on the one slot of its own name.
+    assert len({keys.INDEX_EVENTS_KEY, keys.INDEX_QUEUED_KEY, keys.INDEX_RUNNING_KEY, keys.LEASES_KEY}) == 4
+    stack.producer.cancel(queued)
+
+
+def test_a_batch_on_the_cluster(stack: Stack) -> None:
+    batch_id = stack.producer.submit_batch([f"item {i}" for i in range(6)], max_tokens=4, ignore_eos=True)
+    results = list(stack.reader.batch_results(batch_id, timeout_s=60))
+    assert len(results) == 6
+    progress = stack.reader.batch(batch_id)
+    assert progress.total == 6 and progress.done == 6
+
+
+def test_the_broker_is_never_the_cluster(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOKENRELAY_BROKER_URL", raising=False)
+    with pytest.raises(ValidationError) as info:
+        Producer(cluster.url, cluster.url)
+    assert info.value.field == "broker_url" and "cannot be a Redis Cluster" in info.value.message
+    with pytest.raises(ValidationError) as info:
+        Producer(cluster.url)  # no broker given: the Redis URL cannot stand in for it
+    assert info.value.field == "TOKENRELAY_BROKER_URL" and "broker URL" in info.value.message
+    monkeypatch.setenv("TOKENRELAY_BROKER_URL", cluster.url)
+    with pytest.raises(ValidationError) as info:
+        Producer(cluster.url)
+    assert info.value.field == "TOKENRELAY_BROKER_URL" and "cannot be a Redis Cluster" in info.value.message
+
+
+def test_an_unreachable_cluster_is_a_relay_connection_error() -> None:
+    with pytest.raises(RelayConnectionError, match="unreachable"):
+        connect("redis+cluster://127.0.0.1:1,127.0.0.1:2")
+
+    async def read() -> None:
+        async with AsyncStreamReader("redis+cluster://127.0.0.1:1") as reader:
+            with contextlib.suppress(StopAsyncIteration):
+                await anext(reader.stream("x", timeout_s=1, queue_timeout_s=1))
+
+    with pytest.raises(RelayConnectionError):
+        asyncio.run(read())
+
+
+def test_index_builders_touch_one_key_per_command() -> None:
+    """No index command mixes keys (they travel in pipelines with per-request commands, and a
+    cluster routes each command by its one key)."""
+    job_commands = index.on_running("r", "w", None, None, 1) + index.on_finished("r", "finished", None, None, "stop", 1)
+    for command in job_commands:
+        assert command[1].startswith(keys.PREFIX) and not any(
+            str(arg).startswith(keys.PREFIX) for arg in command[2:]
+        ), command
