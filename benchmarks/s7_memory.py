@@ -7,14 +7,13 @@ import asyncio
 import time
 
 import psutil
-import redis
 
 from benchmarks.common import Context, Row
 from benchmarks.timing import afollow, submit
 from cli.embedded import embedded_redis
 from consumer import AsyncStreamReader
 from producer import Producer
-from schemas.redis_util import connect
+from schemas.redis_util import SyncClient, connect
 from workers.launcher import Stack, start_stack
 
 NAME = "7 memory"
@@ -92,11 +91,11 @@ async def _waves(producer: Producer, url: str, requests: int) -> None:
             await asyncio.gather(*(afollow(reader, t) for t in traces))
 
 
-def _request_keys(client: redis.Redis) -> int:
+def _request_keys(client: SyncClient) -> int:
     return sum(1 for _ in client.scan_iter(match="tokenrelay:*", count=1000))
 
 
-def _wait_expiry(client: redis.Redis, limit_s: float = 60.0) -> float:
+def _wait_expiry(client: SyncClient, limit_s: float = 60.0) -> float:
     """Wait until every request key expired (the broker's own keys stay); returns seconds waited."""
     started = time.perf_counter()
     time.sleep(TTL_S)
