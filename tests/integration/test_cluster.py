@@ -25,7 +25,7 @@ from schemas.records import Record
 from schemas.redis_util import connect
 from tests.integration.conftest import stack_of
 from tests.support.cluster import LocalCluster, local_cluster
-from workers.launcher import Stack
+from workers.launcher import Stack, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +226,84 @@ def test_index_builders_touch_one_key_per_command() -> None:
         assert command[1].startswith(keys.PREFIX) and not any(
             str(arg).startswith(keys.PREFIX) for arg in command[2:]
         ), command
+
+
+# -- workers and nodes that die ----------------------------------------------------------------
+
+SEEDED = {"max_tokens": 400, "temperature": 1.0, "seed": 99, "ignore_eos": True}
+
+
+def read_until(reader: StreamReader, rid: str, count: int) -> list[Record]:
+    got: list[Record] = []
+    stream = reader.stream(rid, timeout_s=60)
+    for record in stream:
+        got.append(record)
+        if len(got) >= count:
+            break
+    stream.close()
+    return got
+
+
+def tokens(records: list[Record]) -> list[int]:
+    return [t for r in records for t in r.token_ids]
+
+
+def test_a_dead_workers_request_is_taken_over_on_the_cluster(
+    cluster: LocalCluster, server_factory: object, tiny_model_dir: Path
+) -> None:
+    broker = server_factory()  # type: ignore[operator]  # its own queue: the module's worker stays out
+    workers = [
+        WorkerProcess(cluster.url, broker, str(tiny_model_dir), ["--concurrency", "2", "--threads", "1"])
+        for _ in range(2)
+    ]
+    try:
+        for w in workers:
+            w.wait_ready()
+        with Producer(cluster.url, broker) as producer, StreamReader(cluster.url) as reader:
+            reference = tokens(list(reader.stream(producer.submit("taken over", **SEEDED), timeout_s=60)))
+            rid = producer.submit("taken over", **SEEDED)
+            seen = read_until(reader, rid, 5)
+            holder = (reader._client.get(keys.lease_key(rid)) or b"").decode()
+            victim = next(w for w in workers if holder.startswith(f"tokenrelay-{w.pid}-"))
+            victim.kill()
+            rest = list(reader.stream(rid, after=seen[-1].entry_id or "", timeout_s=60))
+            records = seen + rest
+            assert [r.seq for r in records] == list(range(len(records)))
+            assert tokens(records) == reference  # resumed from the stream, same seeded tokens
+            assert int(reader._client.hget(keys.meta_key(rid), "attempts") or 0) == 2
+    finally:
+        for w in workers:
+            w.kill()
+
+
+@pytest.mark.slow
+def test_a_master_killed_mid_stream_fails_over_and_the_stream_ends_whole(
+    server_factory: object, tiny_model_dir: Path
+) -> None:
+    """3 masters + 3 replicas; SIGKILL the master of a running request's slot.  Its replica
+    takes over the slot (cluster-node-timeout 2 s); the worker and the reader retry through
+    the failover, and the stream ends with every record, equal to an undisturbed run."""
+    broker = server_factory()  # type: ignore[operator]
+    with local_cluster(masters=3, replicas=1) as cluster:
+        worker = WorkerProcess(cluster.url, broker, str(tiny_model_dir), ["--concurrency", "2", "--threads", "1"])
+        try:
+            worker.wait_ready()
+            with Producer(cluster.url, broker) as producer, StreamReader(cluster.url) as reader:
+                config = {**SEEDED, "max_tokens": 1500}
+                reference = tokens(list(reader.stream(producer.submit("failover", **config), timeout_s=120)))
+                rid = producer.submit("failover", **config)
+                seen = read_until(reader, rid, 5)
+                victim = cluster.node(cluster.primary_port_of(keys.deltas_key(rid)))
+                killed_at = time.monotonic()
+                victim.kill()
+                rest = list(reader.stream(rid, after=seen[-1].entry_id or "", timeout_s=60))
+                resumed_s = time.monotonic() - killed_at
+                records = seen + rest
+                assert [r.seq for r in records] == list(range(len(records)))
+                assert records[-1].usage is not None and tokens(records) == reference
+                assert cluster.primary_port_of(keys.deltas_key(rid)) != victim.port  # the replica took over
+                attempts = int(reader._client.hget(keys.meta_key(rid), "attempts") or 0)
+                print(f"failover: stream whole after {resumed_s:.1f}s, {attempts} attempt(s)")
+                assert worker.alive()
+        finally:
+            worker.kill()
