@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 import redis.cluster
 
@@ -25,12 +27,14 @@ from schemas.records import Record
 from schemas.redis_util import connect
 from tests.integration.conftest import stack_of
 from tests.support.cluster import LocalCluster, local_cluster
+from tests.support.gateway_process import gateway_process, wait_for_worker
 from workers.launcher import Stack, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 NOBODY = "tokenrelay.cluster-test.nobody"  # a queue no worker consumes: requests stay queued
 WORKER_ARGS = ["--concurrency", "8", "--max-running", "8", "--threads", "1"]
+MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +230,26 @@ def test_index_builders_touch_one_key_per_command() -> None:
         assert command[1].startswith(keys.PREFIX) and not any(
             str(arg).startswith(keys.PREFIX) for arg in command[2:]
         ), command
+
+
+def test_the_gateway_on_the_cluster(stack: Stack, cluster: LocalCluster, broker: str) -> None:
+    with gateway_process(cluster.url, broker) as base:
+        model = wait_for_worker(base)
+        assert httpx.get(base + "/readyz", timeout=10).json()["checks"]["redis"] == "ok"
+        with openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60) as client:
+            chunks = list(
+                client.chat.completions.create(
+                    model=model,
+                    messages=MESSAGES,
+                    max_completion_tokens=10,
+                    temperature=0,
+                    stream=True,  # type: ignore[arg-type]
+                )
+            )
+            completion = client.completions.create(model=model, prompt="Once", max_tokens=6, temperature=0)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == stack.reader.result(stack.producer.submit(messages=MESSAGES, max_tokens=10, temperature=0)).text
+    assert completion.usage is not None and completion.usage.completion_tokens == 6
 
 
 # -- workers and nodes that die ----------------------------------------------------------------
