@@ -13,7 +13,7 @@ from typing import Any
 
 from consumer import batch_io, index
 from consumer.batch import BatchItemResult, BatchProgress
-from consumer.connection import check_binary, connection_kwargs, describe
+from consumer.connection import check_binary, describe
 from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
 from schemas import keys, settings
@@ -34,8 +34,8 @@ class AsyncStreamReader:
             redis_url = settings.redis_url(redis_url)
             client = connect_async(redis_url)
         self._client: AsyncClient = client
-        self.label = describe(redis_url, connection_kwargs(client))
-        check_binary(connection_kwargs(client))
+        self.label = describe(redis_url, client)
+        check_binary(client)
         # `break` out of `async for` does not close an async generator: once it is collected,
         # the loop closes it in a task of its own, a few iterations later.  aclose() closes the
         # streams still referenced and waits for those exit cancels, so none hits a closed client.

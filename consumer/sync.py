@@ -10,7 +10,7 @@ from typing import Any
 
 from consumer import batch_io, index
 from consumer.batch import BatchItemResult, BatchProgress
-from consumer.connection import check_binary, connection_kwargs, describe
+from consumer.connection import check_binary, describe
 from consumer.core import START, Backoff, Done, Probe, Read, ReaderCore
 from consumer.result import Result
 from schemas import keys, settings
@@ -29,8 +29,8 @@ class StreamReader:
             redis_url = settings.redis_url(redis_url)
             client = connect(redis_url)
         self._client: SyncClient = client
-        self.label = describe(redis_url, connection_kwargs(client))
-        check_binary(connection_kwargs(client))
+        self.label = describe(redis_url, client)
+        check_binary(client)
 
     def stream(
         self,

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import redis.asyncio
 import redis.cluster
 
 from consumer import AsyncStreamReader, StreamReader
@@ -331,3 +332,23 @@ def test_a_master_killed_mid_stream_fails_over_and_the_stream_ends_whole(
                 assert worker.alive()
         finally:
             worker.kill()
+
+
+def test_injected_cluster_clients_are_labelled_and_checked(cluster: LocalCluster) -> None:
+    port = cluster.nodes[0].port
+    with contextlib.closing(redis.cluster.RedisCluster(host="127.0.0.1", port=port)) as blocking:
+        assert StreamReader(client=blocking).label.startswith("redis+cluster://127.0.0.1:")
+    text = redis.cluster.RedisCluster(host="127.0.0.1", port=port, decode_responses=True)
+    with contextlib.closing(text), pytest.raises(ValidationError, match="decode_responses"):
+        StreamReader(client=text)
+
+    async def check_async() -> None:
+        async with redis.asyncio.RedisCluster(host="127.0.0.1", port=port) as client:
+            label = AsyncStreamReader(client=client).label  # the seeds, or every node once it has asked
+            assert label.startswith("redis+cluster://") and f"127.0.0.1:{port}" in label
+        text = redis.asyncio.RedisCluster(host="127.0.0.1", port=port, decode_responses=True)
+        async with text:
+            with pytest.raises(ValidationError, match="decode_responses"):
+                AsyncStreamReader(client=text)
+
+    asyncio.run(check_async())
