@@ -24,12 +24,14 @@ from consumer import AsyncStreamReader, StreamReader
 from producer import Producer
 from schemas import index, keys
 from schemas.errors import RelayConnectionError, ValidationError
-from schemas.records import Record
+from schemas.records import Record, Usage
 from schemas.redis_util import connect
 from tests.integration.conftest import stack_of
 from tests.support.cluster import LocalCluster, local_cluster
 from tests.support.gateway_process import gateway_process, wait_for_worker
 from workers.launcher import Stack, WorkerProcess
+from workers.lifecycle import Claim
+from workers.publisher import StreamSink
 
 pytestmark = pytest.mark.integration
 
@@ -352,3 +354,36 @@ def test_injected_cluster_clients_are_labelled_and_checked(cluster: LocalCluster
                 AsyncStreamReader(client=text)
 
     asyncio.run(check_async())
+
+
+def evalsha_calls(cluster: LocalCluster) -> dict[int, int]:
+    out = {}
+    for node in cluster.nodes:
+        with contextlib.closing(node.client()) as c:
+            out[node.port] = int(c.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    return out
+
+
+def test_the_sinks_step_is_one_script_per_request_on_its_node(
+    cluster: LocalCluster, client: redis.cluster.RedisCluster
+) -> None:
+    """20 records each for 3 requests on 3 masters: one publish script per request, on the
+    request's own master (the records are its arguments), all sent as one pipeline."""
+    sink = StreamSink(client, 120, cluster.url, worker_id="sink-test", lease_s=5.0, max_backoff_s=0.2)
+    rids = ids_on_every_master(cluster, per_node=1)
+    for rid in rids:
+        claim = sink.claim(rid, 120)
+        assert claim.kind is Claim.CLAIMED
+        sink.hold(rid, claim.owner, sink.read_stream(rid).last_id, 120)
+    client.script_flush()  # the step finds NOSCRIPT on every master: loaded everywhere, sent again
+    sink.publish([(rid, Record(seq=0, text="x", token_ids=[1])) for rid in rids])
+    before = evalsha_calls(cluster)
+    outcome = sink.publish([(rid, Record(seq=i, text="x", token_ids=[i])) for rid in rids for i in range(1, 21)])
+    after = evalsha_calls(cluster)
+    assert not outcome.lost and not outcome.conflicts
+    masters = {cluster.primary_port_of(keys.deltas_key(rid)) for rid in rids}
+    assert {port: after[port] - before[port] for port in masters} == dict.fromkeys(masters, 1)
+    assert all(client.xlen(keys.deltas_key(rid)) == 21 for rid in rids)
+    # Ended, so that no live worker's scan tries to take them over.
+    sink.publish([(rid, Record(seq=21, finish_reason="stop", usage=Usage())) for rid in rids])
+    assert all(client.hget(keys.meta_key(rid), "status") == b"finished" for rid in rids)
