@@ -31,6 +31,7 @@ SCENARIOS = {
     7: "s7_memory",
     8: "s8_takeover",
     10: "s10_gateway",
+    11: "s11_dashboard",
 }
 
 

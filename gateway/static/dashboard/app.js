@@ -1,17 +1,23 @@
 // tokenrelay dashboard: one SSE feed (/v1/dashboard/events), state folded by request id,
-// a bounded window of rows, rendering at most once per animation frame.
+// a bounded window of rows, rebuilt at most every RENDER_MS (never while a button is held).
 "use strict";
 
 const MAX_REQUESTS = 500;   // kept in memory (oldest ended ones dropped first)
 const ROWS_SHOWN = 100;     // rendered
 const CHART_POINTS = 120;   // one a second: two minutes
+const RENDER_MS = 250;      // the tables are rebuilt at most 4 times a second, however busy the feed
 const RANK = { queued: 0, running: 1, progress: 1, cancelling: 2, finished: 3, cancelled: 3, failed: 3 };
 const ENDED = new Set(["finished", "cancelled", "failed"]);
 
 const requests = new Map();  // id -> folded state (schemas/index.py's fold, in JS)
 let workers = [], batches = [], counts = { queued: 0, running: 0 }, tps = 0;
 const history = { tps: [], queue: [] };
-let dirty = false, selected = null, textSource = null;
+let dirty = false, selected = null, textSource = null, rendered = -Infinity;
+// A click fires only if mousedown and mouseup hit the same element: no rebuild while a button
+// is held (for a second at most, should the release never reach the page).
+let pressed = -Infinity;
+document.addEventListener("pointerdown", () => { pressed = performance.now(); }, true);
+for (const type of ["pointerup", "pointercancel"]) document.addEventListener(type, () => { pressed = -Infinity; }, true);
 
 // With TOKENRELAY_API_KEYS set, every call needs a key.  It comes from the page's fragment
 // (#key=...: never sent to the server as part of the page's URL, and wiped from the address bar)
@@ -151,9 +157,9 @@ function chart(canvas, values, color) {
   g.fillStyle = "#8a96a3"; g.font = "10px sans-serif"; g.fillText(num(max, 0), 2, 10);
 }
 
-function render() {
-  if (dirty) {
-    dirty = false;
+function render(now) {
+  if (dirty && now - rendered >= RENDER_MS && now - pressed > 1000) {
+    dirty = false; rendered = now;
     $("#tps").textContent = num(tps, 1); $("#queued").textContent = counts.queued; $("#running").textContent = counts.running;
     renderRequests(); renderBatches(); renderWorkers();
     chart($("#chart-tps"), history.tps, "#4fa3ff"); chart($("#chart-queue"), history.queue, "#d29922");
