@@ -122,13 +122,7 @@ def redis_url(explicit: str | None = None) -> str:
 def broker_url(explicit: str | None = None, redis: str | None = None) -> str:
     """Celery's broker: argument, ``TOKENRELAY_BROKER_URL``, or the Redis URL.  Never a Redis
     Cluster: kombu has no cluster transport (a queue is one list on one node anyway)."""
-    picked = _pick(explicit or None, "broker_url", "TOKENRELAY_BROKER_URL")
-    if picked is not None and is_cluster_url(str(picked[0])):
-        raise ValidationError(
-            picked[1], "the Celery broker cannot be a Redis Cluster (kombu has no cluster transport): give an "
-            "amqp:// (RabbitMQ) or a standalone redis:// URL; the cluster goes in TOKENRELAY_REDIS_URL",
-        )  # fmt: skip
-    url = _url(explicit, "broker_url", "TOKENRELAY_BROKER_URL", _BROKER_SCHEMES)
+    url = _given_broker_url(explicit)
     if url is not None:
         return url
     streams = redis_url(redis)
@@ -140,6 +134,17 @@ def broker_url(explicit: str | None = None, redis: str | None = None) -> str:
             "is needed: the Redis URL is a Redis Cluster, which cannot be the Celery broker",
         )  # fmt: skip
     return streams
+
+
+def _given_broker_url(explicit: str | None = None) -> str | None:
+    """The broker URL given as argument or variable, checked; None when neither is."""
+    picked = _pick(explicit or None, "broker_url", "TOKENRELAY_BROKER_URL")
+    if picked is not None and is_cluster_url(str(picked[0])):
+        raise ValidationError(
+            picked[1], "the Celery broker cannot be a Redis Cluster (kombu has no cluster transport): give an "
+            "amqp:// (RabbitMQ) or a standalone redis:// URL; the cluster goes in TOKENRELAY_REDIS_URL",
+        )  # fmt: skip
+    return _url(explicit, "broker_url", "TOKENRELAY_BROKER_URL", _BROKER_SCHEMES)
 
 
 def model_name(explicit: str | None = None) -> str:
@@ -266,7 +271,9 @@ class EnvVar:
 
 ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("TOKENRELAY_REDIS_URL", DEFAULT_REDIS_URL, "streams and cancel keys", redis_url),
-    EnvVar("TOKENRELAY_BROKER_URL", "the Redis URL", "Celery broker (redis://, rediss://, amqp://)", broker_url),
+    # Only the variable itself: a cluster Redis URL with no broker is refused where a broker is
+    # needed (producer, worker, gateway), not by commands that only read (tail, cancel).
+    EnvVar("TOKENRELAY_BROKER_URL", "the Redis URL", "Celery broker (redis://, rediss://, amqp://)", _given_broker_url),
     EnvVar("TOKENRELAY_MODEL", DEFAULT_MODEL, "model a worker serves", model_name),
     EnvVar("TOKENRELAY_TTL_S", str(DEFAULT_TTL_S), "key lifetime after the last write, seconds", ttl_s),
     EnvVar(

@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio
 import redis.cluster
 
+from cli.healthcheck import fresh_beats
 from consumer import AsyncStreamReader, StreamReader
 from producer import Producer
 from schemas import index, keys
@@ -188,6 +189,12 @@ def test_request_index_on_the_cluster(stack: Stack, cluster: LocalCluster, clien
     # The global keys are single keys, each on the one slot of its own name.
     assert len({keys.INDEX_EVENTS_KEY, keys.INDEX_QUEUED_KEY, keys.INDEX_RUNNING_KEY, keys.LEASES_KEY}) == 4
     stack.producer.cancel(queued)
+
+
+def test_worker_heartbeats_on_the_cluster(stack: Stack, cluster: LocalCluster) -> None:
+    """What ``tokenrelay healthcheck`` and the gateway's /v1/models read."""
+    beats = fresh_beats(cluster.url, time.time())
+    assert str(stack.worker.pid) in {pid for _, pid, _ in beats}
 
 
 def test_a_batch_on_the_cluster(stack: Stack) -> None:
