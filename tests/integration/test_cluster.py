@@ -28,8 +28,11 @@ from schemas.errors import RelayConnectionError, ValidationError
 from schemas.records import Record, Usage
 from schemas.redis_util import connect
 from tests.integration.conftest import stack_of
-from tests.support.cluster import LocalCluster, local_cluster
+from tests.support.cluster import LocalCluster, local_cluster, tls
 from tests.support.gateway_process import gateway_process, wait_for_worker
+from tests.support.tls_server import PASSWORD as TLS_PASSWORD
+from tests.support.tls_server import binary as tls_binary
+from tests.support.tls_server import make_certificates
 from workers.launcher import Stack, WorkerProcess
 from workers.lifecycle import Claim
 from workers.publisher import StreamSink
@@ -394,3 +397,28 @@ def test_the_sinks_step_is_one_script_per_request_on_its_node(
     # Ended, so that no live worker's scan tries to take them over.
     sink.publish([(rid, Record(seq=21, finish_reason="stop", usage=Usage())) for rid in rids])
     assert all(client.hget(keys.meta_key(rid), "status") == b"finished" for rid in rids)
+
+
+@pytest.mark.skipif(tls_binary() is None, reason="no redis-server binary with TLS on this machine")
+def test_the_pipeline_on_a_tls_cluster_with_a_password(
+    server_factory: object, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """rediss+cluster://: every node (the seeds and those found in the slot map) is reached
+    over TLS with the URL's CA and password; a client trusting another CA is refused."""
+    make_certificates(tmp_path)
+    broker = server_factory()  # type: ignore[operator]
+    with local_cluster(masters=3, flavor=tls(tmp_path, TLS_PASSWORD)) as cluster:
+        assert cluster.url.startswith("rediss+cluster://")
+        with WorkerProcess(cluster.url, broker, str(tiny_model_dir), WORKER_ARGS) as worker:
+            worker.wait_ready()
+            with Producer(cluster.url, broker) as producer, StreamReader(cluster.url) as reader:
+                rids = [producer.submit(f"tls {i}", max_tokens=8, ignore_eos=True) for i in range(6)]
+                assert len({reader._client.get_node_from_key(keys.deltas_key(r)).name for r in rids}) > 1
+                synced = {rid: list(reader.stream(rid, timeout_s=60)) for rid in rids}
+            assert asyncio.run(read_async(cluster.url, rids)) == synced
+            for records in synced.values():
+                check_complete(records)
+        wrong_ca = cluster.url.replace("ca.pem", "other.pem")
+        with pytest.raises(RelayConnectionError) as info:
+            connect(wrong_ca)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(info.value) and TLS_PASSWORD not in str(info.value)

