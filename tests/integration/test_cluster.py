@@ -422,3 +422,42 @@ def test_the_pipeline_on_a_tls_cluster_with_a_password(
         with pytest.raises(RelayConnectionError) as info:
             connect(wrong_ca)
         assert "CERTIFICATE_VERIFY_FAILED" in str(info.value) and TLS_PASSWORD not in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_frozen_master_that_comes_back_demoted(server_factory: object, tiny_model_dir: Path) -> None:
+    """The partition case on purpose: SIGSTOP the master of a running request's slot (cut
+    off), wait until its replica is promoted, SIGCONT it.  The old master rejoins as a replica
+    (dropping anything it still accepted; in our runs it accepted nothing); the worker, blocked
+    on the frozen node meanwhile, goes on at the new master, and the stream ends whole and equal
+    to an undisturbed run."""
+    broker = server_factory()  # type: ignore[operator]
+    with local_cluster(masters=3, replicas=1) as cluster:
+        worker = WorkerProcess(cluster.url, broker, str(tiny_model_dir), ["--concurrency", "2", "--threads", "1"])
+        try:
+            worker.wait_ready()
+            with Producer(cluster.url, broker) as producer, StreamReader(cluster.url) as reader:
+                config = {**SEEDED, "max_tokens": 1500}
+                reference = tokens(list(reader.stream(producer.submit("partition", **config), timeout_s=120)))
+                rid = producer.submit("partition", **config)
+                seen = read_until(reader, rid, 5)
+                key = keys.deltas_key(rid)
+                victim = cluster.node(cluster.primary_port_of(key))
+                frozen_at = time.monotonic()
+                victim.freeze()
+                try:
+                    while cluster.primary_port_of(key) == victim.port:
+                        time.sleep(0.1)
+                    promoted_s = time.monotonic() - frozen_at
+                finally:
+                    victim.thaw()
+                rest = list(reader.stream(rid, after=seen[-1].entry_id or "", timeout_s=60))
+                ended_s = time.monotonic() - frozen_at
+                records = seen + rest
+                assert [r.seq for r in records] == list(range(len(records)))
+                assert records[-1].usage is not None and tokens(records) == reference
+                attempts = int(reader._client.hget(keys.meta_key(rid), "attempts") or 0)
+                print(f"partition: promoted after {promoted_s:.1f}s, stream whole after {ended_s:.1f}s, "
+                      f"{attempts} attempt(s)")  # fmt: skip
+        finally:
+            worker.kill()

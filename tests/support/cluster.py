@@ -112,6 +112,13 @@ class Node:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def freeze(self) -> None:
+        """SIGSTOP: the node stops answering, as if cut off by a partition, until `thaw`."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: the node dies as in a crash (no shutdown, nothing handed over)."""
         if self.alive():
@@ -139,11 +146,14 @@ class LocalCluster:
         for n in self.nodes:
             if not n.alive():
                 continue
-            with contextlib.closing(n.client()) as c:
-                slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
-                for start, end, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
-                    if start <= slot <= end:
-                        return int(primary[1])
+            try:
+                with contextlib.closing(n.client()) as c:
+                    slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
+                    for start, end, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                        if start <= slot <= end:
+                            return int(primary[1])
+            except redis.RedisError:
+                continue  # a frozen (SIGSTOP) node: ask the next one
         raise ClusterStartError("no live node answered")
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
