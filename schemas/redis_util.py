@@ -18,7 +18,7 @@ from schemas import settings
 from schemas.cancel import SCRIPT as CANCEL_SCRIPT
 from schemas.cancel import CancelCall, CancelOutcome
 from schemas.cluster_url import ClusterURL, is_cluster_url, parse_cluster_url
-from schemas.errors import RelayConnectionError
+from schemas.errors import RelayConnectionError, ValidationError
 
 # redis-py 8 defaults to a 5 s socket timeout with retries; XREAD BLOCK stays below it.
 SOCKET_TIMEOUT_S = 10.0
@@ -131,9 +131,32 @@ def translate_redis_errors(url: str) -> Iterator[None]:
             "TOKENRELAY_REDIS_MAX_CONNECTIONS): each stream being read holds one"
         ) from exc
     except OUTAGE_ERRORS as exc:
+        if isinstance(exc, redis.exceptions.AskError) and not is_cluster_url(url):
+            raise RelayConnectionError(_cluster_node_hint(url)) from exc
         if not is_outage(exc):
             raise
         raise RelayConnectionError(f"Redis at {describe_url(url)} is unreachable: {exc}") from exc
+
+
+def _cluster_node_hint(url: str) -> str:
+    return (
+        f"Redis at {describe_url(url)} is a node of a Redis Cluster (it answered MOVED for a key on another "
+        "node): give the Redis URL as redis+cluster://host:port[,host:port...]"
+    )
+
+
+def refuse_cluster_node(client: SyncClient, url: str, field: str) -> None:
+    """A standalone URL naming a cluster node would work for the keys of that node's slots
+    and fail (MOVED) for all the others: refuse it at once, naming ``field``.  A server that
+    refuses INFO (an ACL without it, a proxy) is left alone: MOVED is still explained."""
+    if is_cluster(client):
+        return
+    try:
+        enabled = client.info("cluster").get("cluster_enabled")
+    except redis.ResponseError:
+        return
+    if enabled:
+        raise ValidationError(field, _cluster_node_hint(url))
 
 
 def run_cancel(client: SyncClient, url: str, request_id: str, ttl_s: int) -> CancelOutcome:

@@ -21,7 +21,7 @@ from celery import Celery
 
 from broker.app import make_celery
 from schemas.job import DEFAULT_QUEUE, queue_for_model
-from schemas.redis_util import connect, translate_redis_errors
+from schemas.redis_util import connect, refuse_cluster_node, translate_redis_errors
 from schemas.settings import model_name, redis_url, torch_threads, ttl_s
 from schemas.workers import WorkerInfo
 from workers.engine.engine import Engine
@@ -78,6 +78,7 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
     with translate_redis_errors(url):  # a cluster client reads its slot map in connect()
         client = connect(url)
         client.ping()
+        refuse_cluster_node(client, url, "redis_url" if opts.redis_url else "TOKENRELAY_REDIS_URL")
     worker_id = opts.worker_id or f"tokenrelay-{os.getpid()}@{socket.gethostname()}"
     sink = StreamSink(client, ttl_s(), url, worker_id=worker_id, lease_s=opts.lease_s)
     runner = EngineRunner(build_engine, sink, serves=model_matcher(name), max_attempts=opts.max_attempts)

@@ -24,7 +24,7 @@ from cli.healthcheck import fresh_beats
 from consumer import AsyncStreamReader, StreamReader
 from producer import Producer
 from schemas import index, keys
-from schemas.errors import RelayConnectionError, ValidationError
+from schemas.errors import RelayConnectionError, ValidationError, WorkerStartError
 from schemas.records import Record, Usage
 from schemas.redis_util import connect
 from tests.integration.conftest import stack_of
@@ -461,3 +461,17 @@ def test_a_frozen_master_that_comes_back_demoted(server_factory: object, tiny_mo
                       f"{attempts} attempt(s)")  # fmt: skip
         finally:
             worker.kill()
+
+
+def test_a_plain_url_to_a_cluster_node_is_explained(cluster: LocalCluster, broker: str, tiny_model_dir: Path) -> None:
+    """What a new user tries first: redis://<a node>.  The worker refuses to start, naming the
+    setting; a producer whose key lands on another node says to use redis+cluster://."""
+    plain_url = f"redis://127.0.0.1:{cluster.nodes[0].port}/0"
+    worker = WorkerProcess(plain_url, broker, str(tiny_model_dir), WORKER_ARGS)
+    with pytest.raises(WorkerStartError, match=r"TOKENRELAY_REDIS_URL.*redis\+cluster://"):
+        worker.wait_ready(timeout_s=60)
+    worker.kill()
+    port = cluster.nodes[0].port
+    elsewhere = next(r for r in ids_on_every_master(cluster, 1) if cluster.primary_port_of(keys.meta_key(r)) != port)
+    with Producer(plain_url, broker) as producer, pytest.raises(RelayConnectionError, match=r"redis\+cluster://"):
+        producer.submit("misrouted", request_id=elsewhere, max_tokens=2, queue=NOBODY)
