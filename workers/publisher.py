@@ -2,7 +2,8 @@
 
 One round trip per engine step: one publish script per held request (its records, lease
 renewal, TTLs and cancel check; see workers/lease.py) plus one ZADD of the lease index and
-the request index's commands (workers/index_book.py).
+the request index's commands (workers/index_book.py).  On a Redis Cluster the trip is one
+redis-py cluster pipeline: one batch per node, written to every node before any reply is read.
 Nothing is dropped on a connection error: the same round trip is sent again until Redis
 answers (the scripts make a resend idempotent).  A script the server does not know
 (NOSCRIPT, e.g. after a restart) is loaded and the round trip sent again.
@@ -284,11 +285,22 @@ class StreamSink:
         node of their slot, writes to every node before reading any reply (one round trip
         of latency, one batch per node) and follows MOVED/ASK.  Standalone: the fast path."""
         if isinstance(self.client, redis.cluster.RedisCluster):
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            return pipe.execute(raise_on_error=False)
+            return self._cluster_round_trip(self.client, commands)
         return self._packed_round_trip(self.client, commands)
+
+    @staticmethod
+    def _cluster_round_trip(client: redis.cluster.RedisCluster, commands: list[tuple[Any, ...]]) -> list[object]:
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[object] = pipe.execute(raise_on_error=False)
+        # With raise_on_error=False, redis-py also puts a node's connection error (after its own
+        # retries) in the list.  Raised instead, so that the whole trip is sent again once the
+        # node (or its promoted replica) answers: a publish must never read as refused for good.
+        outage = next((r for r in replies if isinstance(r, BaseException) and is_outage(r)), None)
+        if outage is not None:
+            raise outage
+        return replies
 
     @staticmethod
     def _packed_round_trip(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[object]:

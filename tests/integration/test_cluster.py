@@ -26,7 +26,7 @@ from producer import Producer
 from schemas import index, keys
 from schemas.errors import RelayConnectionError, ValidationError, WorkerStartError
 from schemas.records import Record, Usage
-from schemas.redis_util import connect
+from schemas.redis_util import OUTAGE_ERRORS, connect, is_outage
 from tests.integration.conftest import stack_of
 from tests.support.cluster import LocalCluster, local_cluster, tls
 from tests.support.gateway_process import gateway_process, wait_for_worker
@@ -475,3 +475,24 @@ def test_a_plain_url_to_a_cluster_node_is_explained(cluster: LocalCluster, broke
     elsewhere = next(r for r in ids_on_every_master(cluster, 1) if cluster.primary_port_of(keys.meta_key(r)) != port)
     with Producer(plain_url, broker) as producer, pytest.raises(RelayConnectionError, match=r"redis\+cluster://"):
         producer.submit("misrouted", request_id=elsewhere, max_tokens=2, queue=NOBODY)
+
+
+def test_a_dead_node_makes_the_sinks_trip_raise_never_a_refused_reply() -> None:
+    """A step whose node is down raises an outage error (so it is sent again) and never comes
+    back as a reply that reads as "refused for good" (which would drop the request).  redis-py
+    8.1 raises here by itself; the sink also raises one that its cluster pipeline leaves in the
+    reply list (raise_on_error=False does that after its per-command retries)."""
+    with local_cluster(masters=3) as cluster:
+        client = connect(cluster.url)
+        assert isinstance(client, redis.cluster.RedisCluster)
+        try:
+            sink = StreamSink(client, 120, cluster.url, worker_id="dead-node-test", max_backoff_s=0.2)
+            rids = ids_on_every_master(cluster, per_node=1)
+            dead = cluster.primary_port_of(keys.meta_key(rids[0]))
+            cluster.node(dead).kill()
+            commands = [("HSET", keys.meta_key(rid), "probe", "1") for rid in rids]
+            with pytest.raises(OUTAGE_ERRORS) as info:
+                sink._round_trip(commands)
+            assert is_outage(info.value)
+        finally:
+            client.close()
