@@ -16,7 +16,11 @@ from schemas.errors import ValidationError
 def common_options() -> argparse.ArgumentParser:
     """Options every subcommand takes (after its name)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--redis-url", default=None, help="streams and cancel keys (default: TOKENRELAY_REDIS_URL)")
+    common.add_argument(
+        "--redis-url",
+        default=None,
+        help="streams and cancel keys; redis+cluster://host:port,... is a cluster (default: TOKENRELAY_REDIS_URL)",
+    )
     common.add_argument(
         "--broker-url", default=None, help="Celery broker (default: TOKENRELAY_BROKER_URL or the Redis URL)"
     )
