@@ -206,6 +206,11 @@ def test_a_batch_on_the_cluster(stack: Stack) -> None:
     assert len(results) == 6
     progress = stack.reader.batch(batch_id)
     assert progress.total == 6 and progress.done == 6
+    # One that nobody runs, cancelled: a pipeline of cancel scripts over every master.
+    waiting = stack.producer.submit_batch([f"wait {i}" for i in range(9)], max_tokens=4, queue=NOBODY)
+    assert stack.producer.cancel_batch(waiting) == 9
+    results = list(stack.reader.batch_results(waiting, timeout_s=10))
+    assert len(results) == 9 and stack.reader.batch(waiting).cancelled == 9
 
 
 def test_the_broker_is_never_the_cluster(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
