@@ -15,7 +15,7 @@ from workers.launcher import Stack, start_stack
 
 # Default worker for scenarios 1-4: 16 decoding at once; 64 Celery slots so that scenario 4's
 # burst waits inside the engine's FCFS queue rather than in the broker.
-MAIN_WORKER_ARGS = ["--max-running", "16", "--concurrency", "64"]
+MAIN_WORKER_ARGS: list[str] = []  # the defaults: 64 requests decoded together, 64 held
 
 
 # -- rows --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
         "--queue", "-Q", action="append", help="queue(s) to consume (default: the model's queue and 'tokenrelay')"
     )
     p.add_argument("--concurrency", "-c", type=int, help="requests held at once (default: --max-running)")
-    p.add_argument("--max-running", type=int, default=16, help="requests decoded together in one batch")
+    p.add_argument("--max-running", type=int, default=64, help="requests decoded together in one batch")
     p.add_argument("--max-batch-rows", type=int, default=64, help="rows (choices) in the decode batch")
     p.add_argument("--max-batch-tokens", type=int, default=2048, help="prompt tokens in one prefill pass")
     p.add_argument("--max-queued", type=int, default=256, help="requests waiting inside the engine")
