@@ -32,6 +32,7 @@ SCENARIOS = {
     8: "s8_takeover",
     10: "s10_gateway",
     11: "s11_dashboard",
+    12: "s12_load_sweep",
 }
 
 

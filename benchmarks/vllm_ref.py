@@ -231,10 +231,10 @@ class StreamTimes:
         return [b - a for a, b in zip(self.chunks, self.chunks[1:], strict=False)]
 
 
-async def _astream(client: openai.AsyncOpenAI, prompt: str, max_tokens: int) -> StreamTimes:
+async def _astream(client: openai.AsyncOpenAI, prompt: str, max_tokens: int, model: str) -> StreamTimes:
     seen = StreamTimes(sent=time.perf_counter())
     stream = await client.completions.create(
-        model=SERVED_NAME,
+        model=model,
         prompt=prompt,
         max_tokens=max_tokens,
         stream=True,
@@ -253,7 +253,7 @@ async def _astream(client: openai.AsyncOpenAI, prompt: str, max_tokens: int) -> 
     return seen
 
 
-def throughput(base: str, prompts: list[str], max_tokens: int, concurrency: int) -> float:
+def throughput(base: str, prompts: list[str], max_tokens: int, concurrency: int, model: str = SERVED_NAME) -> float:
     """Completion tokens per second (from usage) for ``prompts``, at most ``concurrency``
     streaming requests in flight, wall time from the first send to the last chunk."""
 
@@ -263,7 +263,7 @@ def throughput(base: str, prompts: list[str], max_tokens: int, concurrency: int)
 
             async def one(prompt: str) -> StreamTimes:
                 async with gate:
-                    return await _astream(client, prompt, max_tokens)
+                    return await _astream(client, prompt, max_tokens, model)
 
             started = time.perf_counter()
             seen = await asyncio.gather(*(one(p) for p in prompts))
@@ -291,7 +291,7 @@ def s4_trace(quick: bool = False) -> list[Arrival]:
     return [Arrival(g, story_prompt(i), m) for i, (g, m) in enumerate(zip(gaps, lengths, strict=True))]
 
 
-def poisson_trace(base: str, trace: Sequence[Arrival]) -> dict[str, float]:
+def poisson_trace(base: str, trace: Sequence[Arrival], model: str = SERVED_NAME) -> dict[str, float]:
     """Replays ``trace`` (each request sent at its arrival time, whatever is in flight):
     aggregate tokens/s (usage tokens over first send → last chunk, as scenario 4), TTFT and
     inter-chunk gap percentiles in ms."""
@@ -304,7 +304,7 @@ def poisson_trace(base: str, trace: Sequence[Arrival]) -> dict[str, float]:
             for a in trace:
                 due += a.gap_s
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                tasks.append(asyncio.create_task(_astream(client, a.prompt, a.max_tokens)))
+                tasks.append(asyncio.create_task(_astream(client, a.prompt, a.max_tokens, model)))
             return started, list(await asyncio.gather(*tasks))
 
     started, seen = asyncio.run(go())

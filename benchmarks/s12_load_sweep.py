@@ -1,0 +1,97 @@
+"""Scenario 12: the builtin engine under Poisson traffic, swept from light to overload, with
+vLLM's own OpenAI server on the same traces as the reference column (when a Python with
+``vllm`` is found: see benchmarks/vllm_ref.py; otherwise that column is empty).
+
+Both sides are driven by the same client code (the official ``openai`` async client,
+``benchmarks.vllm_ref.poisson_trace``): tokenrelay through its gateway (``tokenrelay serve``)
+and one worker with default settings, vLLM through its API server.  The traces have scenario
+4's shape (story prompts, greedy, ``ignore_eos``, ``max_tokens`` 16..128, seed 1234); the
+offered load is a share (25 % .. 125 %) of tokenrelay's batch-16 capacity measured at the
+start of the run with the same client, so both engines see identical arrivals.
+
+Goals (issue "builtin engine under real traffic"), at the load nearest scenario 4's: tokens/s
+>= 0.9 of vLLM's, TTFT p50 and p99 <= 3x vLLM's; everywhere: inter-token p99 <= 2x its p50.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import httpx
+
+from benchmarks.common import Context, Row
+from benchmarks.prompts import story_prompt, story_prompts
+from benchmarks.s4_poisson import SEED
+from benchmarks.s10_gateway import gateway
+from benchmarks.vllm_ref import Arrival, find_vllm, poisson_trace, throughput, vllm_server
+
+NAME = "12 load sweep"
+LOADS = (0.25, 0.5, 0.75, 1.0, 1.25)
+SCENARIO_4_LOAD = 1.0  # scenario 4 offers ~134 tok/s: about the batch-16 capacity here
+Result = dict[str, float]
+
+
+def run(ctx: Context) -> list[Row]:
+    n, max_len, cap_tokens = (12, 32, 32) if ctx.quick else (64, 128, 128)
+    ctx.stack()  # one worker, default settings
+    with gateway(ctx.url) as (base, _proc):
+        served = _served_model(base)
+        throughput(base, story_prompts(2), 4, 2, model=served)  # warm-up
+        capacity = throughput(base, story_prompts(16), cap_tokens, 16, model=served)
+        traces = {load: _trace(n, max_len, load * capacity) for load in LOADS}
+        ours = {load: poisson_trace(base, trace, model=served) for load, trace in traces.items()}
+    ctx.stop_worker()  # free the cores for vLLM
+    theirs = _vllm(traces)
+    return _rows(capacity, ours, theirs)
+
+
+def _served_model(base: str) -> str:
+    return str(httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"])
+
+
+def _trace(n: int, max_len: int, offered_tok_s: float) -> list[Arrival]:
+    """``n`` arrivals of scenario 4's shape whose mean offered load is ``offered_tok_s``."""
+    rng = random.Random(SEED)
+    lengths = [rng.randint(16, max_len) for _ in range(n)]
+    rate = offered_tok_s / (sum(lengths) / n)  # requests per second
+    gaps = [rng.expovariate(rate) for _ in range(n)]
+    return [Arrival(g, story_prompt(i), m) for i, (g, m) in enumerate(zip(gaps, lengths, strict=True))]
+
+
+def _vllm(traces: dict[float, list[Arrival]]) -> dict[float, Result]:
+    python = find_vllm()
+    if python is None:
+        return {}
+    from workers.model_store import ensure_smollm2
+
+    with vllm_server(str(ensure_smollm2()), python) as base:
+        throughput(base, story_prompts(2), 4, 2)  # warm-up
+        return {load: poisson_trace(base, trace) for load, trace in traces.items()}
+
+
+def _rows(capacity: float, ours: dict[float, Result], theirs: dict[float, Result]) -> list[Row]:
+    label = "vLLM server" if theirs else "vLLM server (not installed)"
+    rows = [Row(NAME, "batch-16 capacity (gateway, 16 streams)", capacity, None, "tok/s")]
+    for load in LOADS:
+        mine, ref = ours[load], theirs.get(load, {})
+        at = f"{load:.0%} load"
+
+        def row(metric: str, key: str, unit: str, check: Callable[[float, float], bool] | None = None,
+                goal: str = "", *, at: str = at, mine: Result = mine, ref: Result = ref) -> Row:  # fmt: skip
+            value, other = mine[key], ref.get(key)
+            passed = check(value, other) if check is not None and other is not None else None
+            return Row(NAME, f"{metric}, {at}", value, other, unit, goal if check else "", passed, ref_label=label)
+
+        scenario_4 = load == SCENARIO_4_LOAD
+        rows += [
+            row("tokens/s", "tok_s", "tok/s", (lambda a, b: a >= 0.9 * b) if scenario_4 else None, ">= 0.9x"),
+            row("TTFT p50", "ttft_p50_ms", "ms", (lambda a, b: a <= 3 * b) if scenario_4 else None, "<= 3x"),
+            row("TTFT p99", "ttft_p99_ms", "ms", (lambda a, b: a <= 3 * b) if scenario_4 else None, "<= 3x"),
+            row("inter-token p50", "itl_p50_ms", "ms"),
+            Row(NAME, f"inter-token p99, {at}", mine["itl_p99_ms"], ref.get("itl_p99_ms"), "ms",
+                f"p99/p50 {mine['itl_p99_ms'] / mine['itl_p50_ms']:.1f} <= 2",
+                mine["itl_p99_ms"] <= 2 * mine["itl_p50_ms"], ref_label=label,
+                note=f"offered {mine['offered_tok_s']:.0f} tok/s, {mine['requests']:.0f} requests"),
+        ]  # fmt: skip
+    return rows
