@@ -2,21 +2,33 @@
 
 Rows are left-padded to one length ``T``: row ``r``'s real tokens sit at the right end of
 its columns and ``mask[r]`` marks them.  Each row carries its own position ids, so RoPE
-sees every row's true positions whatever its padding.  Joining rows pads the shorter side
-on the left; leaving rows are dropped with an index select, and columns that have become
-padding in every row are trimmed.
+sees every row's true positions whatever its padding.
 
-Each layer keeps keys and values in a buffer with spare capacity and hands the model views
-of the filled part, so a decode step appends in place instead of copying the whole cache
-(``DynamicCache`` concatenates, which copies all ``T`` columns of every layer per step).
+Each layer keeps keys and values in a buffer with spare rows and spare columns and hands the
+model views of the filled part, so that the common changes copy only what changes:
+
+- a decode step appends one column in place (``DynamicCache`` concatenates, which copies all
+  ``T`` columns of every layer per step); columns grow geometrically when full;
+- a row that leaves is filled by the last row (one row copied), so the buffer's rows are in
+  their own order: ``order[j]`` is where the engine's row ``j`` sits, and the decode pass
+  scatters its tokens into that order and gathers the logits back (`physical`, `logical`);
+- a row that joins with a prompt no longer than ``T`` is written into a spare row, left-padded.
+
+At 64 rows and a few hundred columns the whole cache is around a gigabyte on CPU (fp32), and a
+whole-cache copy costs 0.1-0.3 s: more than a decode step.  Only a joining prompt longer than
+``T``, a fork (``n`` choices) or a reordering copies everything; columns that became padding
+in every row are trimmed only when they are half of ``T`` (trimming shifts every row).
 """
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-_GROW = 64  # spare columns allocated at a time
+_GROW = 64  # spare columns allocated at least
+_SPARE_ROWS = 8  # spare rows allocated at least when rows join
 
 
 class GrowableLayer(DynamicLayer):
@@ -26,19 +38,21 @@ class GrowableLayer(DynamicLayer):
         self.is_initialized = True
         self._set(keys, values)
 
-    def _set(self, keys: torch.Tensor, values: torch.Tensor, spare: int = _GROW) -> None:
+    def _set(self, keys: torch.Tensor, values: torch.Tensor, spare: int = _GROW, spare_rows: int = 0) -> None:
+        # Zero-filled: masked columns are still multiplied by the queries, and leftovers must
+        # be finite (NaN * 0 weight is still NaN).
         b, h, t, d = keys.shape
-        self._k = keys.new_zeros((b, h, t + spare, d))
-        self._v = values.new_zeros((b, values.shape[1], t + spare, values.shape[3]))
-        self._k[:, :, :t] = keys
-        self._v[:, :, :t] = values
-        self._len = t
+        self._k = keys.new_zeros((b + spare_rows, h, t + spare, d))
+        self._v = values.new_zeros((b + spare_rows, values.shape[1], t + spare, values.shape[3]))
+        self._k[:b, :, :t] = keys
+        self._v[:b, :, :t] = values
+        self._rows, self._len = b, t
         self._expose()
 
     def _expose(self) -> None:
         # Views of the filled part; ``keys``/``values`` are what transformers reads.
-        self.k_view = self._k[:, :, : self._len]
-        self.v_view = self._v[:, :, : self._len]
+        self.k_view = self._k[: self._rows, :, : self._len]
+        self.v_view = self._v[: self._rows, :, : self._len]
         self.keys, self.values = self.k_view, self.v_view
 
     def update(
@@ -46,9 +60,10 @@ class GrowableLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = key_states.shape[-2]
         if self._len + n > self._k.shape[2]:
-            self._set(self.k_view, self.v_view, spare=max(_GROW, n))
-        self._k[:, :, self._len : self._len + n] = key_states
-        self._v[:, :, self._len : self._len + n] = value_states
+            spare = max(_GROW, n, self._len // 2)  # geometric: a full copy every ~T/2 steps, not every 64
+            self._set(self.k_view, self.v_view, spare=spare, spare_rows=self._k.shape[0] - self._rows)
+        self._k[: self._rows, :, self._len : self._len + n] = key_states
+        self._v[: self._rows, :, self._len : self._len + n] = value_states
         self._len += n
         self._expose()
         return self.k_view, self.v_view
@@ -57,7 +72,8 @@ class GrowableLayer(DynamicLayer):
         return self._len
 
     def reshape(self, rows: torch.Tensor | None, left_pad: int, trim: int) -> None:
-        """Keep ``rows`` (None = all), then drop ``trim`` leading columns and add ``left_pad``."""
+        """Keep ``rows`` (None = all), then drop ``trim`` leading columns and add ``left_pad``:
+        a copy of the whole layer."""
         k, v = self.k_view, self.v_view
         if rows is not None:
             k, v = k.index_select(0, rows), v.index_select(0, rows)
@@ -67,14 +83,38 @@ class GrowableLayer(DynamicLayer):
             v = torch.nn.functional.pad(v, (0, 0, left_pad, 0))
         self._set(k, v)
 
+    def move_row(self, source: int, target: int) -> None:
+        """Row ``source`` (the last) fills row ``target``, and the last row goes."""
+        self._k[target, :, : self._len] = self._k[source, :, : self._len]
+        self._v[target, :, : self._len] = self._v[source, :, : self._len]
+
+    def truncate(self, rows: int) -> None:
+        self._rows = rows
+        self._expose()
+
+    def add_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append rows whose (left-padded) columns are no more than ours: right-aligned."""
+        k, t = keys.shape[0], keys.shape[2]
+        if self._rows + k > self._k.shape[0]:
+            spare_rows = max(_SPARE_ROWS, k, self._rows // 2)
+            self._set(self.k_view, self.v_view, spare=self._k.shape[2] - self._len, spare_rows=spare_rows)
+        for buf, new in ((self._k, keys), (self._v, values)):
+            target = buf[self._rows : self._rows + k]
+            target[:, :, : self._len - t] = 0  # what an earlier row left there: zeros, as padding
+            target[:, :, self._len - t : self._len] = new
+        self._rows += k
+        self._expose()
+
 
 class BatchCache:
-    """Keys/values of every layer for the running rows, plus their mask and positions."""
+    """Keys/values of every layer for the running rows, plus their mask and positions (both in
+    the buffer's row order), and ``order``: the buffer row of each of the engine's rows."""
 
     def __init__(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor) -> None:
         self.layers = [GrowableLayer(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr,arg-type]
         self.mask = mask  # (rows, T) long, 1 = real token
         self.positions = positions  # (rows,) long: position id of each row's next token
+        self.order = list(range(int(mask.shape[0])))
 
     @property
     def rows(self) -> int:
@@ -86,7 +126,7 @@ class BatchCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every layer's key and value buffers (spare columns included)."""
+        """Bytes of every layer's key and value buffers (spare rows and columns included)."""
         return sum(layer._k.nbytes + layer._v.nbytes for layer in self.layers)
 
     def as_hf_cache(self) -> DynamicCache:
@@ -94,31 +134,84 @@ class BatchCache:
         cache.layers = list(self.layers)
         return cache
 
+    def physical(self, tokens: list[int]) -> list[int]:
+        """The engine's per-row values in the buffer's row order."""
+        out = [0] * len(tokens)
+        for j, row in enumerate(self.order):
+            out[row] = tokens[j]
+        return out
+
+    def logical(self, per_row: torch.Tensor) -> torch.Tensor:
+        """Per-buffer-row results (logits) in the engine's row order."""
+        if self.order == list(range(len(self.order))):
+            return per_row
+        return per_row.index_select(0, torch.tensor(self.order, dtype=torch.long, device=per_row.device))
+
     def append_step(self) -> None:
         """Called after a decode step wrote one column to every layer."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=1)
         self.positions = self.positions + 1
 
+    # Buffers made during a forward pass are inference tensors: only updated in that mode.
+    @torch.inference_mode()
     def keep(self, rows: list[int]) -> None:
-        """Keep only ``rows`` (in that order; a row may repeat, to fork choices)."""
-        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        mask = self.mask.index_select(0, idx)
-        trim = _leading_padding(mask)
+        """Keep only the engine's ``rows`` (in that order; a row may repeat, to fork choices)."""
+        kept = [self.order[i] for i in rows]
+        trim = _leading_padding(self.mask.index_select(0, torch.tensor(kept, dtype=torch.long)))
+        if _ascending(rows) and 2 * trim < self.length:
+            self._remove(kept)  # rows leaving: each hole is filled by the last row
+            return
+        idx = torch.tensor(kept, dtype=torch.long, device=self.mask.device)
         for layer in self.layers:
             layer.reshape(idx, 0, trim)
-        self.mask = mask[:, trim:]
+        self.mask = self.mask.index_select(0, idx)[:, trim:]
         self.positions = self.positions.index_select(0, idx)
+        self.order = list(range(len(rows)))
 
+    @torch.inference_mode()
     def extend(self, other: BatchCache) -> None:
-        """Append ``other``'s rows after ours, padding the shorter one on the left."""
-        t = max(self.length, other.length)
-        for mine, theirs in zip(self.layers, other.layers, strict=True):
-            mine.reshape(None, t - self.length, 0)
-            theirs.reshape(None, t - other.length, 0)
-            mine._set(torch.cat([mine.k_view, theirs.k_view]), torch.cat([mine.v_view, theirs.v_view]))
+        """Append ``other``'s rows after ours (in its engine order), padding the shorter one on
+        the left."""
         pad = torch.nn.functional.pad
-        self.mask = torch.cat([pad(self.mask, (t - self.length, 0)), pad(other.mask, (t - other.length, 0))])
-        self.positions = torch.cat([self.positions, other.positions])
+        t, n = max(self.length, other.length), self.rows
+        theirs_idx = torch.tensor(other.order, dtype=torch.long, device=other.mask.device)
+        if other.length <= self.length:  # the usual case: a short prompt joins a running batch
+            for mine, theirs in zip(self.layers, other.layers, strict=True):
+                mine.add_rows(theirs.k_view.index_select(0, theirs_idx), theirs.v_view.index_select(0, theirs_idx))
+        else:  # a longer prompt: every running row gets padded on the left
+            for mine, theirs in zip(self.layers, other.layers, strict=True):
+                mine.reshape(None, t - self.length, 0)
+                k, v = theirs.k_view.index_select(0, theirs_idx), theirs.v_view.index_select(0, theirs_idx)
+                k, v = pad(k, (0, 0, t - other.length, 0)), pad(v, (0, 0, t - other.length, 0))
+                mine._set(torch.cat([mine.k_view, k]), torch.cat([mine.v_view, v]))
+        their_mask = other.mask.index_select(0, theirs_idx)
+        self.mask = torch.cat([pad(self.mask, (t - self.length, 0)), pad(their_mask, (t - other.length, 0))])
+        self.positions = torch.cat([self.positions, other.positions.index_select(0, theirs_idx)])
+        self.order = self.order + list(range(n, n + other.rows))
+
+    def _remove(self, kept: list[int]) -> None:
+        """Keep the buffer rows ``kept`` (the engine's new order): holes are filled from the end."""
+        n = self.rows
+        source = list(range(n))  # source[r]: the old buffer row now at buffer row r
+        where = {row: row for row in kept}  # old buffer row -> its buffer row now
+        for hole in sorted(set(range(n)) - set(kept), reverse=True):
+            last = n - 1
+            if hole != last:
+                for layer in self.layers:
+                    layer.move_row(last, hole)
+                source[hole] = source[last]
+                where[source[hole]] = hole
+            n -= 1
+        for layer in self.layers:
+            layer.truncate(n)
+        idx = torch.tensor(source[:n], dtype=torch.long, device=self.mask.device)
+        self.mask = self.mask.index_select(0, idx)
+        self.positions = self.positions.index_select(0, idx)
+        self.order = [where[row] for row in kept]
+
+
+def _ascending(rows: list[int]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(rows))
 
 
 def _leading_padding(mask: torch.Tensor) -> int:

@@ -111,7 +111,8 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, cache: BatchCache, tokens: list[int]) -> torch.Tensor:
         """One pass over one new token per row: next-token logits (rows, vocab)."""
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
+        # The cache's buffer rows are in their own order (kv_cache.py): tokens in, logits out.
+        ids = torch.tensor(cache.physical(tokens), dtype=torch.long, device=self.device).unsqueeze(1)
         mask = torch.cat([cache.mask, cache.mask.new_ones((cache.rows, 1))], dim=1)
         out = self.model(
             input_ids=ids,
@@ -122,4 +123,4 @@ class ModelRunner:
             **{self._cache_arg: cache.as_hf_cache()},
         )
         cache.append_step()
-        return out.logits[:, -1, :]
+        return cache.logical(out.logits[:, -1, :])

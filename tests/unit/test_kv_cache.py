@@ -1,0 +1,90 @@
+"""BatchCache against a plain model of it: rows join, leave (holes filled from the end), fork
+and decode in random order, and every engine row still sees exactly its own keys, values,
+mask and position."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from workers.engine.kv_cache import BatchCache
+
+LAYERS, HEADS, DIM = 2, 2, 4
+
+
+def fresh(lengths: list[int], rng: random.Random) -> tuple[BatchCache, list[list[torch.Tensor]]]:
+    """A prefill's cache for rows of these lengths (left-padded), and each row's real columns."""
+    width = max(lengths)
+    cache = DynamicCache()
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for r, n in enumerate(lengths):
+        mask[r, width - n :] = 1
+    for layer in range(LAYERS):
+        keys = torch.randn(
+            len(lengths), HEADS, width, DIM, generator=torch.Generator().manual_seed(rng.randrange(2**31))
+        )
+        cache.update(keys, keys * 2, layer)
+    batch = BatchCache(cache, mask, mask.sum(dim=1))
+    real = [[batch.layers[0].keys[r, :, width - n + i].clone() for i in range(n)] for r, n in enumerate(lengths)]
+    return batch, real
+
+
+@torch.inference_mode()  # as ModelRunner.decode
+def decode_step(batch: BatchCache, real: list[list[torch.Tensor]]) -> None:
+    """What a decode pass does to the cache: one new column, written in buffer order."""
+    new = torch.randn(batch.rows, HEADS, 1, DIM)
+    for layer in batch.layers:
+        layer.update(new, new * 2)
+    for j, row in enumerate(batch.order):
+        real[j].append(new[row, :, 0])
+    batch.append_step()
+
+
+def check(batch: BatchCache, real: list[list[torch.Tensor]]) -> None:
+    assert len(batch.order) == len(real) == batch.rows
+    keys, values = batch.layers[0].keys, batch.layers[0].values
+    for j, row in enumerate(batch.order):
+        cols = batch.mask[row].nonzero().flatten().tolist()
+        assert len(cols) == len(real[j]) == int(batch.positions[row])
+        assert cols == list(range(batch.length - len(cols), batch.length))  # right-aligned
+        for col, want in zip(cols, real[j], strict=True):
+            assert torch.equal(keys[row, :, col], want)
+            assert torch.equal(values[row, :, col], want * 2)
+
+
+def test_random_joins_leaves_forks_and_steps_keep_every_row_its_own_cache() -> None:
+    rng = random.Random(7)
+    for _trial in range(20):
+        batch, real = fresh([rng.randint(1, 6) for _ in range(rng.randint(1, 4))], rng)
+        for _op in range(25):
+            op = rng.choice(["step", "step", "leave", "join", "fork"])
+            if op == "step" and batch.rows:
+                decode_step(batch, real)
+            elif op == "leave" and batch.rows > 1:
+                kept = sorted(rng.sample(range(batch.rows), rng.randint(1, batch.rows - 1)))
+                batch.keep(kept)
+                real = [real[i] for i in kept]
+            elif op == "join":
+                other, their = fresh([rng.randint(1, 9) for _ in range(rng.randint(1, 3))], rng)
+                if rng.random() < 0.5 and other.rows > 1:  # a prefill cache whose rows were culled
+                    kept = [other.rows - 1]
+                    other.keep(kept)
+                    their = [their[i] for i in kept]
+                batch.extend(other)
+                real += their
+            elif op == "fork" and batch.rows:
+                rows = [rng.randrange(batch.rows) for _ in range(rng.randint(1, 4))]
+                batch.keep(rows)
+                real = [list(real[i]) for i in rows]
+            check(batch, real)
+
+
+def test_a_row_leaving_from_the_middle_moves_one_row_not_the_cache() -> None:
+    batch, real = fresh([3] * 6, random.Random(1))
+    buffer = batch.layers[0]._k
+    batch.keep([0, 1, 3, 4, 5])
+    assert batch.layers[0]._k is buffer  # no new buffer: the hole was filled in place
+    assert batch.order == [0, 1, 3, 4, 2]  # the last row moved into row 2
+    check(batch, [real[i] for i in (0, 1, 3, 4, 5)])
