@@ -18,7 +18,15 @@ All keys of one request share its hash tag, so the script is atomic on one Redis
 slot.  Each step also ZADDs the held requests to the global index ``tokenrelay:leases``
 (request id -> lease expiry in unix ms).  Every live worker looks there about once a second
 for expired leases; a request whose lease expired and whose stream has not ended is claimed
-again (``takeover``: attempt + 1) and resumes from what its stream holds.  A worker frozen
+again (``takeover``: attempt + 1) and resumes from what its stream holds.
+
+A request's final publish does not remove it from the index: it sets its score one lease
+period ahead, like a renewal.  The scan that finds it due checks (``ENDED``, read-only, in one
+pipelined round trip for all due entries) that its stream still ends and only then removes it.
+Why: the index lives on another node than the request in a Redis Cluster.  A master that dies
+right after acknowledging the final record can leave a promoted replica without it (replication
+is asynchronous) while the leases node keeps a removal: the stream would never end.  Kept in
+the index, the request is found again, not ended, and taken over like any expired lease.  A worker frozen
 past its lease (SIGSTOP, a stalled VM) that wakes up finds ``lost`` at its next step and
 drops the request without writing: at most one step is ever decoded twice, and never
 published twice.  A request claimed more than `TOKENRELAY_MAX_ATTEMPTS` times (it keeps
@@ -27,9 +35,8 @@ killing its workers) is ended with an ``error`` record of type ``too_many_attemp
 
 from __future__ import annotations
 
-# KEYS: deltas, lease, meta.  ARGV: worker id, lease ms, ttl s, job JSON ('' = keep).
-# Returns {'ended', status} | {'owned', holder} | {'claimed', owner, attempt}.
-CLAIM = """
+# Whether the stream KEYS[1] ends with a final record (the only record with a usage).
+_STREAM_ENDED = """
 local function ended()
   local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
   if #top == 0 then return false end
@@ -42,8 +49,18 @@ local function ended()
   end
   return false
 end
+local function final_status(status)
+  return status == 'finished' or status == 'cancelled' or status == 'failed'
+end
+"""
+
+# KEYS: deltas, lease, meta.  ARGV: worker id, lease ms, ttl s, job JSON ('' = keep).
+# Returns {'ended', status} | {'owned', holder} | {'claimed', owner, attempt}.
+CLAIM = (
+    _STREAM_ENDED
+    + """
 local status = redis.call('HGET', KEYS[3], 'status')
-if status == 'finished' or status == 'cancelled' or status == 'failed' then return {'ended', status} end
+if final_status(status) then return {'ended', status} end
 if ended() then return {'ended', 'finished'} end
 local holder = redis.call('GET', KEYS[2])
 if holder then return {'owned', holder} end
@@ -55,6 +72,7 @@ if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[3], 'job', ARGV[4]) end
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return {'claimed', owner, attempt}
 """
+)
 
 # KEYS: deltas, lease, meta, cancel.
 # ARGV: owner, lease ms, ttl s, expected last entry id, final status ('' = not final),
@@ -92,4 +110,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-SCRIPTS = {"claim": CLAIM, "publish": PUBLISH, "release": RELEASE}
+# KEYS: deltas, meta.  Read-only: 1 when the request needs no worker any more (its stream
+# ends, its meta says it ended, or its job is gone with its expired keys), else 0.  The scan's
+# check before it drops a due entry from the lease index (final status and final record are
+# written by one publish script, so a lost final write loses both).
+ENDED = (
+    _STREAM_ENDED
+    + """
+local status, job = unpack(redis.call('HMGET', KEYS[2], 'status', 'job'))
+if final_status(status) or not job or ended() then return 1 end
+return 0
+"""
+)
+
+SCRIPTS = {"claim": CLAIM, "publish": PUBLISH, "release": RELEASE, "ended": ENDED}

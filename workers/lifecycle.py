@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from schemas import keys
@@ -165,9 +165,14 @@ class WriteBook:
         return [self._call(self.held[rid], records) for rid, records in by_rid.items()]
 
     def index_entries(self, calls: Sequence[PublishCall], now: float | None = None) -> list[tuple[str, str]]:
-        """(expiry ms, request id) for the global lease index, for the calls that keep a lease."""
-        expiry = str(int((now if now is not None else time.time()) * 1000) + self.lease_ms)
-        return [(expiry, c.request_id) for c in calls if not c.final]
+        """(due ms, request id) for the global lease index: when a scan looks at the request.
+
+        For a call that keeps its lease, the lease's expiry.  A final call's entry stays too,
+        due one lease period later: the scan then drops it if the stream still ends, and takes
+        the request over if the final record was lost with a failed-over master (see
+        workers/lease.py)."""
+        due = str(int((now if now is not None else time.time()) * 1000) + self.lease_ms)
+        return [(due, c.request_id) for c in calls]
 
     def on_replies(self, calls: Sequence[PublishCall], replies: Sequence[object]) -> StepOutcome:
         out = StepOutcome()
@@ -225,6 +230,29 @@ class WriteBook:
             held.tokens,
             records[-1] if records else None,
         )
+
+
+@dataclass(frozen=True)
+class DueEntries:
+    """A scan's verdict on the lease-index entries that came due."""
+
+    prune: list[str]  # ended (or expired with their keys): drop from the index
+    orphans: list[str]  # not ended and not ours: take over (oldest first)
+
+
+def triage_due(due: Sequence[str], ended: Sequence[object], held: Container[str]) -> DueEntries:
+    """Split due entries by the ``ENDED`` script's replies (one per entry, in order).
+
+    Requests this worker holds are left alone (their lease is renewed at its next step).  A
+    reply that is an error (a node refusing for now) keeps the entry for the next scan: an
+    entry is dropped only on a positive answer that its stream ended."""
+    prune: list[str] = []
+    orphans: list[str] = []
+    for rid, reply in zip(due, ended, strict=True):
+        if rid in held or isinstance(reply, BaseException):
+            continue
+        (prune if reply in (1, b"1", "1") else orphans).append(rid)
+    return DueEntries(prune, orphans)
 
 
 def _final_status(last: Record, records: Sequence[Record]) -> str:

@@ -1,8 +1,9 @@
 """The sink: the worker's Redis I/O, planned by `workers.lifecycle` and fenced by leases.
 
 One round trip per engine step: one publish script per held request (its records, lease
-renewal, TTLs and cancel check; see workers/lease.py) plus one ZADD of the lease index and
-the request index's commands (workers/index_book.py).  On a Redis Cluster the trip is one
+renewal, TTLs and cancel check; see workers/lease.py) plus one ZADD of the lease index (for
+finished requests too: `sweep` drops them once it has seen that their end survived) and the
+request index's commands (workers/index_book.py).  On a Redis Cluster the trip is one
 redis-py cluster pipeline: one batch per node, written to every node before any reply is read.
 Nothing is dropped on a connection error: the same round trip is sent again until Redis
 answers (the scripts make a resend idempotent).  A script the server does not know
@@ -15,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from schemas.redis_util import CLUSTER_TRANSIENT, OUTAGE_ERRORS, SyncClient, des
 from schemas.workers import HEARTBEAT_TTL_S, WorkerInfo
 from workers.index_book import IndexBook
 from workers.lease import SCRIPTS
-from workers.lifecycle import ClaimReply, PublishCall, StepOutcome, WriteBook
+from workers.lifecycle import ClaimReply, PublishCall, StepOutcome, WriteBook, triage_due
 
 log = logging.getLogger(__name__)
 Emission = tuple[str, Record]
@@ -137,10 +138,9 @@ class StreamSink:
         if not calls:
             return StepOutcome()
         index = self.book.index_entries(calls)
-        finished = [c.request_id for c in calls if c.final]
         now = time.time()
         announce = self.index.take_pending() + self.index.on_step(calls, now)
-        replies = self._until_sent(lambda _a: self._step_round_trip(calls, index, finished, announce))
+        replies = self._until_sent(lambda _a: self._step_round_trip(calls, index, announce))
         outcome = self.book.on_replies(calls, replies)
         self.index.on_outcome(calls, outcome, now)
         return outcome
@@ -156,14 +156,11 @@ class StreamSink:
         self,
         calls: Sequence[PublishCall],
         index: list[tuple[str, str]],
-        finished: list[str],
         announce: Sequence[tuple[str, ...]] = (),
     ) -> list[object]:
         extra: list[tuple[Any, ...]] = [*announce]
-        if index:
+        if index:  # finished requests too: the scan drops them once it sees their end survived
             extra.append(("ZADD", keys.LEASES_KEY, *[x for pair in index for x in pair]))
-        if finished:
-            extra.append(("ZREM", keys.LEASES_KEY, *finished))
         scripted = [("publish", c.keys, c.args) for c in calls]
         replies = self._script_round_trip(scripted, extra)
         transient = next((r for r in replies if isinstance(r, _TRANSIENT)), None)
@@ -194,6 +191,20 @@ class StreamSink:
             lambda _a: self.client.zrangebyscore(keys.LEASES_KEY, "-inf", now_ms, start=0, num=limit)
         )
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def sweep(self, limit: int, held: Container[str]) -> list[str]:
+        """Look at the lease index's due entries (oldest first, at most ``limit``): drop those
+        whose stream ended, return the others (expired leases to take over) except ``held``.
+        Two round trips more when anything is due: the ``ENDED`` checks (one pipeline), then
+        one ZREM."""
+        due = self.expired(limit)
+        if not due:
+            return []
+        scripted = [("ended", (keys.deltas_key(rid), keys.meta_key(rid)), ()) for rid in due]
+        replies = self._until_sent(lambda _a: self._script_round_trip(scripted))
+        verdict = triage_due(due, replies, held)
+        self.unindex(verdict.prune)
+        return verdict.orphans
 
     def job_of(self, request_id: str) -> dict[str, Any] | None:
         """The job a producer stored in the request's meta (None once it has expired)."""

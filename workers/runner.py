@@ -13,6 +13,7 @@ thread and waits on its ticket.  The engine thread loops:
    the lease now: drop it, write nothing), cancelled (abort and publish the final records);
 4. about once a second, look for expired leases of unfinished requests and take them over
    while it has free capacity (`_scan`), so a dead worker's requests go on within seconds;
+   drop the index entries of requests whose end a scan has seen;
 5. on warm shutdown, stop taking over; when the grace period is over, give every lease up
    (`_hand_off`) so that live workers take the requests over at once.
 
@@ -48,6 +49,7 @@ from workers.lifecycle import Claim, Start, StartKind, decide_start
 from workers.publisher import StreamSink
 
 log = logging.getLogger(__name__)
+SWEEP_BATCH = 256  # lease-index entries looked at per scan (one pipelined check for all)
 
 
 class RunnerObserver(Protocol):
@@ -319,17 +321,17 @@ class EngineRunner:
             self.engine.reject(job.request_id, job.config, "error", error, job.submitted_at, resume=resume)
 
     def _scan(self) -> None:
-        """Take over requests whose lease expired, while this worker has room for them."""
+        """Drop ended requests from the lease index, and take over requests whose lease
+        expired while this worker has room for them."""
         now = time.monotonic()
         if now < self._next_scan:
             return
         self._next_scan = now + self.scan_interval_s
+        # Swept even without room: finished requests wait there until a scan sees their end
+        # (see workers/lease.py), and the index must not grow while every worker is busy.
+        orphans = self.sink.sweep(limit=SWEEP_BATCH, held=self._tickets)
         room = self.engine.limits.max_running - len(self.engine.running) - len(self.engine.waiting)
-        if room <= 0:
-            return
-        for rid in self.sink.expired(limit=room * 2):
-            if rid in self._tickets:
-                continue  # ours: its lease is renewed at the next step
+        for rid in orphans[: max(0, room * 2)]:
             self._take_over(rid)
 
     def _take_over(self, rid: str) -> None:

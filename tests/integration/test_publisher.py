@@ -41,6 +41,21 @@ def claimed(sink: StreamSink, rid: str, ttl_s: int = 120) -> StreamSink:
     return sink
 
 
+def lose_last_write(client: redis.Redis, rid: str, entries: int) -> None:
+    """Make the request look as a promoted replica that never got its last publish would: the
+    stream without its last ``entries`` entries (and its last id back with them, which XDEL
+    would keep), the meta's status back to running."""
+    stream = keys.deltas_key(rid)
+    kept = client.xrange(stream)[:-entries]
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(stream)
+    for entry_id, fields in kept:
+        pipe.xadd(stream, fields, id=entry_id)
+    pipe.expire(stream, 120)
+    pipe.hset(keys.meta_key(rid), "status", "running")
+    pipe.execute()
+
+
 def url_of(s: ValkeyServer) -> str:
     return f"redis://127.0.0.1:{s.port}/0"
 
@@ -63,10 +78,48 @@ def test_records_ids_ttls_and_lease(server: ValkeyServer) -> None:
     assert [decode(e[1][b"r"]).seq for e in entries] == [0, 1, 2]
     assert 0 < client.ttl(keys.deltas_key("a")) <= 120
     assert 0 < client.ttl(keys.meta_key("a")) <= 120
-    # The final record gives the lease up and leaves the index; the request counts as ended.
-    assert client.get(keys.lease_key("a")) is None and client.zscore(keys.LEASES_KEY, "a") is None
+    # The final record gives the lease up; the request counts as ended.  Its index entry stays,
+    # due one lease later, for a scan to see that the end survived.
+    assert client.get(keys.lease_key("a")) is None
+    assert client.zscore(keys.LEASES_KEY, "a") is not None
     assert client.hget(keys.meta_key("a"), "status") == b"finished"
     assert sink_of(client, "w2").claim("a", 60).kind is Claim.ENDED
+
+
+def test_a_sweep_drops_ended_requests_and_returns_orphans(server: ValkeyServer) -> None:
+    """Due entries: a finished request is dropped, an expired lease of a running one is
+    returned for takeover, and the sweeping worker's own requests are neither."""
+    client = connect(url_of(server))
+    done = claimed(sink_of(client, "w1", lease_s=0.2), "done")
+    done.publish(steps("done", 2))
+    client.hset(keys.meta_key("orphan"), "job", "{}")  # as the producer registers it (else: expired keys)
+    orphan = claimed(sink_of(client, "w1", lease_s=0.2), "orphan")
+    orphan.publish(steps("orphan", 3)[:1])
+    mine = claimed(sink_of(client, "w2", lease_s=0.2), "mine")
+    assert mine.sweep(limit=10, held={"mine"}) == []  # nothing due yet
+    time.sleep(0.3)
+    assert mine.sweep(limit=10, held={"mine"}) == ["orphan"]
+    assert client.zscore(keys.LEASES_KEY, "done") is None
+    assert client.zscore(keys.LEASES_KEY, "orphan") is not None
+    assert client.zscore(keys.LEASES_KEY, "mine") is not None
+    client.delete(keys.meta_key("orphan"), keys.deltas_key("orphan"))  # its keys expired
+    assert mine.sweep(limit=10, held={"mine"}) == []
+    assert client.zscore(keys.LEASES_KEY, "orphan") is None
+
+
+def test_a_lost_final_record_is_found_again(server: ValkeyServer) -> None:
+    """The final write lost with a failed-over master (the stream back to its earlier entries,
+    the meta back to running): the entry the final publish left is due, the sweep sees the
+    stream has not ended, and a new claim takes the request over."""
+    client = connect(url_of(server))
+    client.hset(keys.meta_key("lost"), "job", "{}")
+    sink = claimed(sink_of(client, "w1", lease_s=0.2), "lost")
+    sink.publish(steps("lost", 3))
+    lose_last_write(client, "lost", entries=1)
+    time.sleep(0.3)
+    assert sink_of(client, "w2").sweep(limit=10, held=()) == ["lost"]
+    claim = sink_of(client, "w2").claim("lost", 60)
+    assert claim.kind is Claim.CLAIMED and claim.attempt == 2
 
 
 def test_a_claim_indexes_the_request_before_its_first_publish(server: ValkeyServer) -> None:
@@ -124,8 +177,8 @@ def test_a_resent_round_trip_writes_nothing_twice(server: ValkeyServer) -> None:
     client = connect(url_of(server))
     sink = claimed(sink_of(client), "r")
     calls = sink.book.plan(steps("r", 3)[:2], ())
-    first = sink._step_round_trip(calls, [], [])
-    again = sink._step_round_trip(calls, [], [])  # as if the first reply had been lost
+    first = sink._step_round_trip(calls, [])
+    again = sink._step_round_trip(calls, [])  # as if the first reply had been lost
     assert [r[0] for r in first] == [r[0] for r in again] == [b"ok"]  # type: ignore[index]
     assert client.xlen(keys.deltas_key("r")) == 2
 

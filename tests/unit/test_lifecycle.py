@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.exceptions import ResponseError
 
 from schemas import keys
 from schemas.errors import SchemaError
@@ -19,6 +20,7 @@ from workers.lifecycle import (
     FINAL_STATUS,
     Claim,
     ClaimReply,
+    DueEntries,
     PublishCall,
     Start,
     StartKind,
@@ -26,6 +28,7 @@ from workers.lifecycle import (
     Write,
     WriteBook,
     decide_start,
+    triage_due,
 )
 
 RID = "req-life-1"
@@ -368,15 +371,42 @@ def test_final_status_of_a_single_last_record(reason: str, status: str) -> None:
     assert call.args[4] == status and call.final
 
 
-def test_index_entries_exclude_final_calls() -> None:
+def test_index_entries_keep_final_calls_due_one_lease_later() -> None:
+    """A finished request stays in the lease index, due like a lease: a scan checks then that
+    its final record survived (a failed-over master can lose it) before dropping it."""
     b = book(RID, OTHER, "req-3", lease_s=2)
     calls = b.plan(
         [(OTHER, Record(seq=0, token_ids=[1], finish_reason="stop", usage=USAGE))], watch=[RID, OTHER, "req-3"]
     )
     assert [c.final for c in calls] == [True, False, False]
-    assert b.index_entries(calls, now=1000.5) == [("1002500", RID), ("1002500", "req-3")]
-    assert b.index_entries(calls, now=0.0) == [("2000", RID), ("2000", "req-3")]
+    assert b.index_entries(calls, now=1000.5) == [("1002500", OTHER), ("1002500", RID), ("1002500", "req-3")]
+    assert b.index_entries(calls, now=0.0) == [("2000", OTHER), ("2000", RID), ("2000", "req-3")]
     assert b.index_entries([]) == []
+
+
+# -- triage_due: the scan's verdict on due lease-index entries ---------------------------------
+
+
+def test_triage_prunes_ended_and_returns_the_rest_in_order() -> None:
+    verdict = triage_due(["a", "b", "c", "d"], [1, 0, b"1", 0], held=set())
+    assert verdict == DueEntries(prune=["a", "c"], orphans=["b", "d"])
+
+
+def test_triage_leaves_held_requests_and_refused_checks_alone() -> None:
+    """Ours: renewed at our next step.  An error reply (a node failing over): neither dropped
+    nor taken over now; the next scan asks again."""
+    busy = ResponseError("TRYAGAIN")
+    verdict = triage_due(["mine", "x", "y"], [0, busy, 1], held={"mine"})
+    assert verdict == DueEntries(prune=["y"], orphans=[])
+
+
+def test_triage_of_nothing_due() -> None:
+    assert triage_due([], [], held={"a"}) == DueEntries([], [])
+
+
+def test_triage_needs_one_reply_per_entry() -> None:
+    with pytest.raises(ValueError):
+        triage_due(["a", "b"], [1], held=())
 
 
 def test_index_entries_use_the_clock_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
