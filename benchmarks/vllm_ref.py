@@ -92,8 +92,9 @@ def server_env() -> dict[str, str]:
 
     vLLM's CPU backend takes its KV cache size from VLLM_CPU_KVCACHE_SPACE (GiB) and binds its
     OpenMP threads to VLLM_CPU_OMP_THREADS_BIND: an explicit CPU list ("0,1"; "all" is not
-    accepted), or "auto", which on x86 keeps one logical CPU per core and reserves CPUs for
-    the API server, leaving little on 2 cores.  Values already in the environment win."""
+    accepted), or "auto", which on x86 keeps one logical CPU per core and reserves one core for
+    the engine's scheduler process: 1 core of this machine's 2 left for the model.  Values
+    already in the environment win."""
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
