@@ -12,7 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from schemas import settings
+from schemas.cluster_url import parse_cluster_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +30,7 @@ def test_services_profiles_and_settings() -> None:
     services = compose()["services"]
     assert {"redis", "worker", "worker-gpu", "rabbitmq"} <= set(services)
     assert services["worker-gpu"]["profiles"] == ["gpu"]
-    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq", "cluster"]
     for name in ("worker", "worker-gpu"):
         worker = services[name]
         assert worker["entrypoint"] == ["tokenrelay"] and worker["command"][0] == "worker"
@@ -42,7 +46,7 @@ def test_docker_compose_accepts_the_file_where_installed() -> None:
     tool = shutil.which("docker-compose")
     if tool is None:
         return  # nothing more to check on a machine without it; the structure is checked above
-    for extra in ([], ["--profile", "gpu", "--profile", "rabbitmq"]):
+    for extra in ([], ["--profile", "gpu", "--profile", "rabbitmq"], ["--profile", "cluster"]):
         subprocess.run([tool, *extra, "config", "-q"], cwd=ROOT, check=True, capture_output=True)
 
 
@@ -99,3 +103,53 @@ def test_gateway_service_serves_and_has_a_healthcheck() -> None:
     test = gateway["healthcheck"]["test"]
     assert test[0] == "CMD" and any("/healthz" in part for part in test)
     assert any(port.endswith(":8000") for port in gateway["ports"])
+
+
+# -- profile "cluster": a Redis Cluster for streams, RabbitMQ as broker, scaled workers -------
+
+NODES = [f"redis-node-{n}" for n in range(1, 7)]
+
+
+def test_cluster_profile_has_six_nodes_and_a_one_shot_init() -> None:
+    services = compose()["services"]
+    for name in NODES:
+        node = services[name]
+        assert node["profiles"] == ["cluster"] and node["healthcheck"]["test"][-1] == "ping"
+        args = node["command"].split()
+        assert args[0] == "redis-server"
+        flags = dict(zip(args[1::2], args[2::2], strict=True))
+        assert flags["--cluster-enabled"] == "yes" and flags["--cluster-announce-hostname"] == name
+        assert flags["--cluster-preferred-endpoint-type"] == "hostname"
+        assert int(flags["--cluster-node-timeout"]) < 5000  # below the workers' default 5 s lease
+        assert node["volumes"] == [f"{name}-data:/data"] and f"{name}-data" in compose()["volumes"]
+    init = services["cluster-init"]
+    assert init["profiles"] == ["cluster"] and init["restart"] == "no"
+    assert init["depends_on"] == {name: {"condition": "service_healthy"} for name in NODES}
+    script = init["command"][0]
+    assert "--cluster create" in script and "--cluster-replicas 1" in script and "--cluster-yes" in script
+    assert "cluster_state:ok" in script  # a restart with the data kept does not create it again
+    assert "redis-node-$$n" in script and "for n in 1 2 3 4 5 6" in script
+
+
+def test_cluster_profile_workers_and_gateway_use_the_cluster_and_rabbitmq(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    assert "cluster" in services["rabbitmq"]["profiles"]
+    assert services["worker-cluster"]["deploy"]["replicas"] >= 2
+    assert services["worker-cluster"]["command"] == ["worker", "--ready-file", READY_FILE]
+    assert services["gateway-cluster"]["command"][0] == "serve"
+    assert services["gateway-cluster"]["ports"] != services["gateway"]["ports"]  # both can run
+    for name in ("worker-cluster", "gateway-cluster"):
+        service = services[name]
+        assert service["profiles"] == ["cluster"]
+        env = service["environment"]
+        seeds = parse_cluster_url(env["TOKENRELAY_REDIS_URL"]).seeds
+        assert {host for host, _port in seeds} <= set(NODES) and len(seeds) >= 2
+        assert service["depends_on"] == {
+            "cluster-init": {"condition": "service_completed_successfully"},
+            "rabbitmq": {"condition": "service_healthy"},
+        }
+        # What the services' settings resolve to: a cluster for streams, RabbitMQ as broker.
+        monkeypatch.setenv("TOKENRELAY_REDIS_URL", env["TOKENRELAY_REDIS_URL"])
+        monkeypatch.setenv("TOKENRELAY_BROKER_URL", env["TOKENRELAY_BROKER_URL"])
+        assert settings.broker_url().startswith("amqp://rabbitmq") or "@rabbitmq:" in settings.broker_url()
+        assert settings.redis_url() == env["TOKENRELAY_REDIS_URL"]
