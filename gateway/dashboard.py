@@ -78,6 +78,7 @@ class Followed:
 
     def __init__(self, size: int = 500) -> None:
         self._ids: OrderedDict[str, str] = OrderedDict()  # id -> last status sent
+        self._tokens: dict[str, int] = {}  # id -> last token count sent (same ids)
         self._size = size
 
     def see(self, events: list[dict[str, Any]]) -> None:
@@ -86,21 +87,31 @@ class Followed:
             if rid is None or status is None:
                 continue
             if status in index_commands.TERMINAL:
-                self._ids.pop(rid, None)
+                self._drop(rid)
                 continue
             self._ids[rid] = "running" if status == "progress" else str(status)
+            if "tokens" in ev:
+                self._tokens[rid] = int(ev["tokens"] or 0)
             self._ids.move_to_end(rid)
             if len(self._ids) > self._size:
-                self._ids.popitem(last=False)
+                self._drop(next(iter(self._ids)))
+
+    def _drop(self, rid: str) -> None:
+        self._ids.pop(rid, None)
+        self._tokens.pop(rid, None)
+
+    def _changed(self, rid: str, state: dict[str, Any]) -> bool:
+        # Only news: a new status, or tokens moved since the last event this feed sent.
+        return bool(state["s"] != self._ids[rid] or (state["tokens"] or 0) != self._tokens.get(rid, 0))
 
     async def changes(self, reader: AsyncStreamReader) -> list[dict[str, Any]]:
         if not self._ids:
             return []
         states = await index.states_async(reader, list(self._ids))
-        out = [{**st, "t": time.time()} for rid, st in states.items() if st["s"] != self._ids[rid] or st["tokens"]]
+        out = [{**st, "t": time.time()} for rid, st in states.items() if self._changed(rid, st)]
         ended = [st["id"] for st in out if st["s"] in index_commands.TERMINAL]
         for rid in set(self._ids) - set(states):
-            self._ids.pop(rid)  # expired
+            self._drop(rid)  # expired
         if ended:
             await forget(reader, ended)
         self.see(out)

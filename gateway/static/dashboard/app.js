@@ -121,18 +121,26 @@ function renderRequests() {
   $("#requests tbody").innerHTML = shown.map((r) => `
     <tr data-id="${esc(r.id)}" class="${r.id === selected ? "selected" : ""}">
       <td><code>${esc(r.id.slice(0, 12))}</code></td><td class="status ${esc(r.s)}">${esc(r.s)}</td>
-      <td>${esc((r.model || "").split("/").pop())}</td><td>${esc(r.worker || "")}</td>
+      <td>${esc((r.model || workerModel(r.worker)).split("/").pop())}</td><td>${esc(r.worker || "")}</td>
       <td>${num(r.tokens)}</td><td>${num(r.tps, 1)}</td><td>${r.ttft_s == null ? "" : num(r.ttft_s * 1000) + " ms"}</td>
       <td>${esc(r.finish_reason || "")}</td><td>${age(r.first)}</td>
       <td>${ENDED.has(r.s) ? "" : `<button data-cancel="${esc(r.id)}">cancel</button>`}</td>
     </tr>`).join("");
 }
 
+// A request sent without a model runs on the default one: show what its worker serves.
+function workerModel(id) {
+  const w = workers.find((x) => x.worker_id === id);
+  return w ? w.model : "";
+}
+
 function renderBatches() {
   $("#batches tbody").innerHTML = batches.map((b) => {
     const pct = b.total ? Math.floor((100 * b.finished) / b.total) : 0;
     const live = !b.complete && b.status !== "cancelled";
-    return `<tr data-batch="${esc(b.id)}"><td><code>${esc(b.id.slice(0, 18))}</code></td><td>${esc(b.status)}</td>
+    // status is what the producer did (submitted, cancelled, ...): say when every item ended
+    const status = b.complete && b.status === "submitted" ? "completed" : b.status;
+    return `<tr data-batch="${esc(b.id)}"><td><code>${esc(b.id.slice(0, 18))}</code></td><td>${esc(status)}</td>
       <td><div class="bar"><i style="width:${pct}%"></i><span class="pct">${b.finished} / ${b.total} (${pct} %)</span></div></td>
       <td>${num(b.tokens)}</td><td>${live ? `<button data-cancel-batch="${esc(b.id)}">cancel</button>` : ""}</td></tr>`;
   }).join("");
