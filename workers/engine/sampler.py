@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from workers.engine.output import Sampled
+
 
 @dataclass(frozen=True, slots=True)
 class RowSampling:
@@ -28,13 +30,6 @@ class RowSampling:
     index: int  # choice index
     position: int  # how many tokens this choice generated before this one
     top_logprobs: int  # alternatives to report; -1 = no logprobs at all
-
-
-@dataclass(frozen=True, slots=True)
-class Sampled:
-    token_id: int
-    logprob: float | None
-    top: list[tuple[int, float]] | None
 
 
 def draw_seed(seed: int, index: int, position: int) -> int:

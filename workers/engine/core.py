@@ -1,0 +1,225 @@
+"""The engine core: admission, forward passes, the batch KV cache and sampling (torch).
+
+Theory of operation.  Requests wait in arrival order.  Each `EngineCore.step()` does one
+forward pass: if waiting requests fit the limits (scheduler.py), it admits them and runs
+their prefill (left-padded, one pass for all of them; ``n`` choices share one prefill and
+then fork into ``n`` rows); otherwise it runs one decode pass for every running row.  Each
+row then samples from its own random stream (sampler.py).  The step returns a `CoreStep`:
+token ids and raw logprobs per row, nothing of text.  The output processor (output.py) turns
+those into records and says which choices finished; `finish()` then frees their rows.
+
+Rows and the KV cache stay aligned in one object, `BatchState`: row ``i`` of its list is row
+``i`` of the cache's keys, values, mask and positions, and every change of either goes through
+it.  Freshly prefilled rows join the batch only in `finish()`, once it is known which of them
+go on (a choice can end on its first token), so a finished row never costs a cache copy.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable
+
+import torch
+
+from schemas.config import GenerationConfig
+from schemas.records import ErrorInfo
+from workers.engine.kv_cache import BatchCache
+from workers.engine.model_runner import LoadedModel, ModelRunner
+from workers.engine.output import CoreStep, Finished, Resume
+from workers.engine.sampler import RowSampling, sample
+from workers.engine.scheduler import Limits, admit
+from workers.engine.sequence import Choice, Request
+
+Row = tuple[Request, Choice]
+NON_FINITE = ErrorInfo("model_error", "the model produced non-finite logits (NaN or inf)")
+
+
+class BatchState:
+    """The running rows and their KV cache: row ``i`` of `rows` is row ``i`` of `cache`."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.cache: BatchCache | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.cache.nbytes if self.cache is not None else 0
+
+    def last_tokens(self) -> list[int]:
+        return [c.last_token for _r, c in self.rows]
+
+    def join(self, rows: list[Row], cache: BatchCache, keep: list[int]) -> None:
+        """Append prefilled ``rows`` (aligned with ``cache``), only those at ``keep``."""
+        if not keep:
+            return
+        if len(keep) < len(rows):
+            cache.keep(keep)
+            rows = [rows[i] for i in keep]
+        if self.cache is None:
+            self.cache = cache
+        else:
+            self.cache.extend(cache)
+        self.rows.extend(rows)
+
+    def keep(self, keep: list[int]) -> None:
+        """Keep only the rows at ``keep`` (ascending)."""
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if self.rows and self.cache is not None:
+            self.cache.keep(keep)
+        else:
+            self.cache = None
+
+    def remove(self, req: Request) -> None:
+        self.keep([i for i, (r, _c) in enumerate(self.rows) if r is not req])
+
+
+class EngineCore:
+    def __init__(self, loaded: LoadedModel, limits: Limits) -> None:
+        self.loaded = loaded
+        self.runner = ModelRunner(loaded)
+        self.limits = limits
+        self.waiting: deque[Request] = deque()
+        self.running: dict[str, Request] = {}
+        self.batch = BatchState()
+        self._joining: tuple[list[Row], BatchCache] | None = None  # prefilled, not in the batch yet
+
+    # -- requests -------------------------------------------------------------------------
+
+    def add(self, request_id: str, prompt_ids: list[int], config: GenerationConfig, resume: Resume | None) -> None:
+        """Queue a request; a resumed one brings the tokens already published per choice."""
+        tokens = resume.tokens if resume is not None else {}
+        done = resume.finished if resume is not None else {}
+        choices = [Choice(i, list(tokens.get(i, [])), i in done) for i in range(config.n)]
+        seed = config.seed if config.seed is not None else secrets.randbits(63)
+        self.waiting.append(Request(request_id, prompt_ids, config, seed, choices))
+
+    def remove(self, request_id: str) -> bool:
+        """Take a request out (waiting or running, its rows too); False if it is not here."""
+        for req in self.waiting:
+            if req.request_id == request_id:
+                self.waiting.remove(req)
+                return True
+        running = self.running.pop(request_id, None)
+        if running is None:
+            return False
+        self.batch.remove(running)
+        return True
+
+    def abandon_pass(self) -> set[str]:
+        """After a pass failed: drop the batch; the running requests (the pass's newly admitted
+        ones included) are returned, still running, for the caller to end."""
+        self._joining = None
+        self.batch = BatchState()
+        return set(self.running)
+
+    # -- passes ---------------------------------------------------------------------------
+
+    def step(self) -> CoreStep | None:
+        """One forward pass and its draws; None when there is nothing to run."""
+        joined = admit(self.waiting, len(self.running), len(self.batch.rows), self.limits)
+        if joined:
+            return self._prefill(joined)
+        if self.batch.rows:
+            return self._decode()
+        return None
+
+    def finish(self, finished: Iterable[Finished]) -> None:
+        """The output processor's verdict on the last step: these choices are done."""
+        for rid, index in finished:
+            req = self.running.get(rid)
+            if req is not None:
+                req.choices[index].finished = True
+                if req.finished:
+                    del self.running[rid]
+        if self._joining is not None:
+            rows, cache = self._joining
+            self._joining = None
+            self.batch.join(rows, cache, [i for i, (_r, c) in enumerate(rows) if not c.finished])
+        else:
+            self.batch.keep([i for i, (_r, c) in enumerate(self.batch.rows) if not c.finished])
+
+    def _prefill(self, joined: list[Request]) -> CoreStep:
+        for req in joined:
+            self.running[req.request_id] = req
+        started = time.time()
+        prompts, owners = _prefill_rows(joined)
+        logits, cache = self.runner.prefill(prompts)
+        # Fork: one cache row per unfinished choice (n choices of a fresh request share row i).
+        fork = [i for i, (_req, choices) in enumerate(owners) for _ in choices]
+        cache.keep(fork)
+        logits = logits.index_select(0, torch.tensor(fork, device=logits.device))
+        rows = [(req, c) for req, choices in owners for c in choices]
+        elapsed = time.time() - started
+        self._joining = (rows, cache)
+        step = self._sample(rows, logits)
+        step.admitted = [req.request_id for req in joined]
+        step.prefill_started, step.prefill_s = started, elapsed
+        return step
+
+    def _decode(self) -> CoreStep:
+        batch = self.batch
+        assert batch.cache is not None
+        logits = self.runner.decode(batch.cache, batch.last_tokens())
+        decoded = list({r.request_id: None for r, _c in batch.rows})
+        step = self._sample(batch.rows, logits)
+        step.decoded = decoded
+        return step
+
+    def _sample(self, rows: list[Row], logits: torch.Tensor) -> CoreStep:
+        now = time.time()
+        failed, logits = self._fail_broken_rows(rows, logits)
+        sampled = sample(logits, [self._sampling(req, c) for req, c in rows])
+        tokens = []
+        for (req, c), s in zip(rows, sampled, strict=True):
+            if c.finished:  # its request failed above: leaves the batch
+                continue
+            c.generated.append(s.token_id)
+            tokens.append((req.request_id, c.index, s))
+        return CoreStep(tokens, now, failed=failed)
+
+    def _fail_broken_rows(
+        self, rows: list[Row], logits: torch.Tensor
+    ) -> tuple[list[tuple[str, ErrorInfo]], torch.Tensor]:
+        """A request whose logits are not finite (NaN/inf from the model) fails alone; the
+        other rows of the batch go on.  Its rows stay in place (finished), so row indices
+        and the cache stay aligned until `finish()` keeps the survivors."""
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        if all(finite):
+            return [], logits
+        broken = list(dict.fromkeys(rows[i][0].request_id for i, ok in enumerate(finite) if not ok))
+        for rid in broken:
+            for c in self.running.pop(rid).choices:
+                c.finished = True
+        # Give finished rows harmless logits so the batch can still be sampled in one go.
+        return [(rid, NON_FINITE) for rid in broken], torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _sampling(self, req: Request, choice: Choice) -> RowSampling:
+        cfg = req.config
+        return RowSampling(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            seed=req.seed,
+            index=choice.index,
+            position=len(choice.generated),
+            top_logprobs=cfg.top_logprobs if cfg.logprobs else -1,
+        )
+
+
+def _prefill_rows(joined: list[Request]) -> tuple[list[list[int]], list[tuple[Request, list[Choice]]]]:
+    prompts: list[list[int]] = []
+    owners: list[tuple[Request, list[Choice]]] = []
+    for req in joined:
+        todo = req.unfinished()
+        if any(c.generated for c in req.choices):  # resumed: each choice has its own tail
+            for c in todo:
+                prompts.append(req.prompt_ids + c.generated)
+                owners.append((req, [c]))
+        else:
+            prompts.append(req.prompt_ids)
+            owners.append((req, todo))
+    return prompts, owners
