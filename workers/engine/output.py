@@ -10,15 +10,15 @@ request and per choice:
 - detokenizing (`IncrementalDetokenizer`: whole UTF-8 characters only, stop strings across
   tokens with the exact cut), and the token ids and logprobs that wait for their text;
 - the finish reasons: a choice's own tokens end it in `_on_token` (stop token, stop string,
-  ``max_tokens`` or the context length), everything else (cancel, error, rejection) in `end`,
-  and a resume brings in what an earlier worker published;
+  ``max_tokens`` or the context length), everything else (cancel, error, rejection) in `_end`
+  (through `end` and `reject`), and a resume brings in what an earlier worker published;
 - logprob text and bytes (token_bytes.py), seq numbering, usage and timings (usage only on the
   very last record of a request), the ``stream_interval`` batching of records;
 - resume: a redelivered request replays what the stream holds and skips re-sending it.
 
-`process` returns the records to publish, as ``(request_id, Record)`` pairs in order, and the
-``(request_id, choice index)`` pairs that finished, so the core frees their rows.  A request is
-forgotten as soon as its last record is out.
+`process` appends the records to publish, as ``(request_id, Record)`` pairs in order, to the
+caller's list and returns the ``(request_id, choice index)`` pairs that finished, so the core
+frees their rows.  A request is forgotten as soon as its last record is out.
 """
 
 from __future__ import annotations
