@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from schemas.records import Record
-from workers.engine.engine import Resume
+from workers.engine.output import Resume  # torch-free: reading a stream needs no model
 
 
 def resume_state(records: Sequence[Record]) -> Resume | None:
