@@ -10,6 +10,9 @@
   settled at once ("already owned") and one that has ended is acknowledged at once, so the
   timeout need not exceed the longest generation: it only bounds how long the task of a
   worker that died between receiving it and claiming its lease waits (default 5 min).
+- Redis Sentinel as the broker: ``sentinel://host:26379[;sentinel://host2:26379...]`` with
+  ``?master_name=<name>``; the name becomes kombu's ``master_name`` transport option
+  (schemas/sentinel_url.py), and kombu asks the sentinels for the current master.
 - kombu looks for such expired messages only every ``unacked_restore_interval`` x
   ``unacked_restore_throttle`` seconds (100 s by default), so a dead worker's task could wait
   that long on top of the visibility timeout; the sweep here runs every few seconds (one
@@ -30,8 +33,10 @@ from typing import Any
 
 from celery import Celery
 
+from broker.sentinel_transport import TRANSPORT as SENTINEL_TRANSPORT
 from schemas import settings
 from schemas.job import DEFAULT_QUEUE
+from schemas.sentinel_url import is_sentinel_url, parse_sentinel_url
 from schemas.settings import DEFAULT_VISIBILITY_TIMEOUT_S as DEFAULT_VISIBILITY_TIMEOUT_S  # older spelling
 from schemas.settings import broker_url as resolve_broker_url
 
@@ -43,6 +48,7 @@ ENGINELESS_WORKER = (
 
 def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> Celery:
     url = resolve_broker_url(broker_url, redis_url)
+    url, transport_options = broker_connection_args(url)
     app = Celery("tokenrelay", broker=url, set_as_current=False)
     visibility = settings.visibility_timeout_s()
     events = settings.task_events()
@@ -63,6 +69,7 @@ def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> 
             "unacked_restore_interval": max(1, min(10, visibility // 4)),
             "unacked_restore_throttle": 1,
             "max_retries": 3,
+            **transport_options,
         },
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
@@ -76,11 +83,29 @@ def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> 
         # durable queue, persisted it).  Without them a message the broker loses in a crash
         # between receiving and persisting it is gone with no error for the caller.
         app.conf.broker_transport_options["confirm_publish"] = True
+    _use_fixed_sentinel_transport(app, url)
     if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
         # Celery refuses a rediss:// broker without an explicit certificate policy; verify
         # certificates unless the URL says otherwise (?ssl_cert_reqs=...).
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return app
+
+
+def broker_connection_args(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL kombu takes and the transport options the URL implies: for Redis Sentinel
+    (``sentinel://...?master_name=...``), the URLs without the master's name plus the option
+    ``master_name`` (kombu refuses the name in a URL).  Other URLs come back as they are."""
+    if not is_sentinel_url(url):
+        return url, {}
+    sentinel = parse_sentinel_url(url)
+    return sentinel.url, {"master_name": sentinel.master_name}
+
+
+def _use_fixed_sentinel_transport(app: Celery, url: str) -> None:
+    if is_sentinel_url(url):
+        # kombu's sentinel transport with a fix that keeps a worker alive through a failover
+        # (broker/sentinel_transport.py); an explicit transport wins over the URL's scheme.
+        app.conf.broker_transport = SENTINEL_TRANSPORT
 
 
 @functools.cache

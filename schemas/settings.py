@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from schemas.cluster_url import CLUSTER_SCHEMES, is_cluster_url, parse_cluster_url
 from schemas.errors import ValidationError
+from schemas.sentinel_url import SENTINEL_SCHEME, is_sentinel_url, parse_sentinel_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -40,7 +41,7 @@ DEFAULT_REDIS_MAX_CONNECTIONS = 4096
 
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 _REDIS_SCHEMES = (*_URL_SCHEMES, *CLUSTER_SCHEMES)  # streams may live on a Redis Cluster
-_BROKER_SCHEMES = (*_URL_SCHEMES, "amqp://", "amqps://", "pyamqp://", "memory://")
+_BROKER_SCHEMES = (*_URL_SCHEMES, "amqp://", "amqps://", "pyamqp://", SENTINEL_SCHEME, "memory://")
 # Spelled out instead of asking torch: this module must stay importable without it.
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu)(:\d+)?)$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -144,7 +145,10 @@ def _given_broker_url(explicit: str | None = None) -> str | None:
             picked[1], "the Celery broker cannot be a Redis Cluster (kombu has no cluster transport): give an "
             "amqp:// (RabbitMQ) or a standalone redis:// URL; the cluster goes in TOKENRELAY_REDIS_URL",
         )  # fmt: skip
-    return _url(explicit, "broker_url", "TOKENRELAY_BROKER_URL", _BROKER_SCHEMES)
+    url = _url(explicit, "broker_url", "TOKENRELAY_BROKER_URL", _BROKER_SCHEMES)
+    if url is not None and is_sentinel_url(url):
+        parse_sentinel_url(url, picked[1] if picked else "broker_url")  # hosts, ports, the master's name
+    return url
 
 
 def model_name(explicit: str | None = None) -> str:
@@ -273,7 +277,12 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("TOKENRELAY_REDIS_URL", DEFAULT_REDIS_URL, "streams and cancel keys", redis_url),
     # Only the variable itself: a cluster Redis URL with no broker is refused where a broker is
     # needed (producer, worker, gateway), not by commands that only read (tail, cancel).
-    EnvVar("TOKENRELAY_BROKER_URL", "the Redis URL", "Celery broker (redis://, rediss://, amqp://)", _given_broker_url),
+    EnvVar(
+        "TOKENRELAY_BROKER_URL",
+        "the Redis URL",
+        "Celery broker (redis://, rediss://, amqp://, sentinel://...?master_name=)",
+        _given_broker_url,
+    ),
     EnvVar("TOKENRELAY_MODEL", DEFAULT_MODEL, "model a worker serves", model_name),
     EnvVar("TOKENRELAY_TTL_S", str(DEFAULT_TTL_S), "key lifetime after the last write, seconds", ttl_s),
     EnvVar(
