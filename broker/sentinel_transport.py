@@ -14,17 +14,20 @@ lease keeps it from running twice).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
 
 TRANSPORT = "broker.sentinel_transport:SentinelTransport"
+log = logging.getLogger(__name__)
 
 
 class SentinelChannel(kombu_redis.SentinelChannel):
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
+            log.info("broker connection already closed: unacknowledged messages wait for the visibility timeout")
             raise redis.exceptions.ConnectionError("the broker connection is closed")
         return super()._connparams(asynchronous)
 
