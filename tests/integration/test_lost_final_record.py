@@ -11,29 +11,15 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
 from schemas import keys
 from schemas.redis_util import connect
+from tests.support.lost_write import lose_last_write
 from workers.launcher import Stack
 
 pytestmark = pytest.mark.integration
 
 CONFIG = {"max_tokens": 40, "temperature": 1.0, "seed": 77, "ignore_eos": True}
-
-
-def lose_last_write(client: redis.Redis, rid: str) -> None:
-    """The stream without its last entry (rebuilt: XDEL would keep the stream's last id, a
-    replica that never got the entry does not), the meta back to running."""
-    stream = keys.deltas_key(rid)
-    kept = client.xrange(stream)[:-1]
-    pipe = client.pipeline(transaction=True)
-    pipe.delete(stream)
-    for entry_id, fields in kept:
-        pipe.xadd(stream, fields, id=entry_id)
-    pipe.expire(stream, 600)
-    pipe.hset(keys.meta_key(rid), "status", "running")
-    pipe.execute()
 
 
 def test_a_lost_final_record_is_written_again_by_a_takeover(tiny_stack: Stack) -> None:

