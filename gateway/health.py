@@ -12,19 +12,25 @@ from kombu import Connection
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from broker.app import SENTINEL_TRANSPORT, broker_connection_args
 from gateway.errors import RETRY_AFTER_S
 from gateway.models import live_models
 from gateway.schema import Health
 from gateway.state import Gateway
 from schemas.errors import TokenRelayError
+from schemas.sentinel_url import is_sentinel_url
 
 CHECK_TIMEOUT_S = 2.0
 
 
 def broker_reachable(url: str) -> bool:
-    """One connection attempt, no retries (kombu's default would retry for a long time)."""
+    """One connection attempt, no retries (kombu's default would retry for a long time).
+    A Sentinel URL goes in as the Celery app takes it (its master's name as an option)."""
+    kombu_url, options = broker_connection_args(url)
+    transport = SENTINEL_TRANSPORT if is_sentinel_url(url) else None
     try:
-        with Connection(url, connect_timeout=CHECK_TIMEOUT_S, transport_options={"max_retries": 0}) as conn:
+        with Connection(kombu_url, transport=transport, connect_timeout=CHECK_TIMEOUT_S,
+                        transport_options={**options, "max_retries": 0}) as conn:  # fmt: skip
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=CHECK_TIMEOUT_S)
             conn.default_channel  # noqa: B018 - the Redis transport connects only here
         return True

@@ -13,11 +13,13 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from consumer import StreamReader
 from producer import Producer
+from tests.support.gateway_process import gateway_process
 from tests.support.sentinel import SentinelSetup, local_sentinel
 from workers.launcher import WorkerProcess
 
@@ -56,6 +58,18 @@ def test_the_pipeline_through_a_sentinel_broker(sentinel: SentinelSetup, streams
     generate(streams, sentinel.broker_url, "through the sentinel")
     assert _pushes(sentinel) > pushes_before  # the task went to the master the sentinel named
     assert worker.alive()
+
+
+def test_the_gateway_submits_through_a_sentinel_broker_and_is_ready(
+    sentinel: SentinelSetup, streams: str, worker: WorkerProcess
+) -> None:
+    with gateway_process(streams, sentinel.broker_url) as base, httpx.Client(base_url=base, timeout=60) as http:
+        ready = http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["broker"] == "ok"
+        reply = http.post("/v1/completions", json={"prompt": "via the gateway", **CONFIG})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["completion_tokens"] == CONFIG["max_tokens"]
 
 
 def test_the_broker_master_fails_over_and_the_pipeline_goes_on(
