@@ -33,6 +33,7 @@ SCENARIOS = {
     10: "s10_gateway",
     11: "s11_dashboard",
     12: "s12_load_sweep",
+    13: "s13_scaleout",
 }
 
 
