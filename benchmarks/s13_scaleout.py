@@ -49,23 +49,15 @@ def run(ctx: Context) -> list[Row]:
     n, tokens = (8, 16) if q else (16, 32)
     ctx.stop_worker()  # the cores go to this scenario's own workers
     one = _workers_tps(ctx.url, 1, n, tokens)
-    two = _workers_tps(ctx.url, 2, n, tokens)
-    rows.append(
-        Row(
-            NAME,
-            "tok/s, 2 workers on one queue",
-            max(two),
-            max(one),
-            "tok/s",
-            note=f"{n} x {tokens} tokens, best of {RUNS} batches (1 worker: "
-            + ", ".join(f"{x:.1f}" for x in one)
-            + "; 2 workers: "
-            + ", ".join(f"{x:.1f}" for x in two)
-            + f" tok/s); {os.cpu_count()} cores shared by the workers (torch threads split between them), "
-            "so no gain is expected here",
-            ref_label="1 worker",
+    for workers in (2, 4):
+        many = _workers_tps(ctx.url, workers, n, tokens)
+        note = (
+            f"{n} x {tokens} tokens, best of {RUNS} batches (1 worker: {', '.join(f'{x:.1f}' for x in one)}; "
+            f"{workers} workers: {', '.join(f'{x:.1f}' for x in many)} tok/s); {os.cpu_count()} cores shared by "
+            "the workers (torch threads split between them), so no gain is expected here"
         )
-    )
+        rows.append(Row(NAME, f"tok/s, {workers} workers on one queue", max(many), max(one), "tok/s",
+                        note=note, ref_label="1 worker"))  # fmt: skip
     return rows
 
 
