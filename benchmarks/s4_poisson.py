@@ -16,13 +16,26 @@ NAME = "4 poisson arrivals"
 SEED = 1234
 
 
-def run(ctx: Context) -> list[Row]:
-    # About 80% of this machine's batch capacity (~135 tok/s): busy, not overloaded, so TTFT
-    # shows the engine rather than a growing queue.
-    n, span_s, max_len = (12, 5.0, 32) if ctx.quick else (64, 45.0, 128)
+def shape(quick: bool) -> tuple[int, float, int]:
+    """Requests, span in seconds, largest max_tokens."""
+    return (12, 5.0, 32) if quick else (64, 45.0, 128)
+
+
+def arrivals(quick: bool) -> tuple[list[float], list[int]]:
+    """The trace: gaps between arrivals (s) and each request's max_tokens (also replayed
+    against vLLM's server by benchmarks/vllm_ref.py)."""
+    n, span_s, max_len = shape(quick)
     rng = random.Random(SEED)
     gaps = [rng.expovariate(n / span_s) for _ in range(n)]
     lengths = [rng.randint(16, max_len) for _ in range(n)]
+    return gaps, lengths
+
+
+def run(ctx: Context) -> list[Row]:
+    # About 80% of this machine's batch capacity (~135 tok/s): busy, not overloaded, so TTFT
+    # shows the engine rather than a growing queue.
+    n, _span_s, max_len = shape(ctx.quick)
+    gaps, lengths = arrivals(ctx.quick)
     stack = ctx.stack()
     started, traces = asyncio.run(_pipeline(stack.producer, stack.url, gaps, lengths))
     end = max(t.last for t in traces if t.last is not None)

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -47,6 +46,7 @@ from benchmarks.common import busy_warning, percentile
 from benchmarks.prompts import story_prompt, story_prompts
 from benchmarks.s2_ttft import IDLE_S, PROMPT
 from benchmarks.s4_poisson import SEED
+from benchmarks.s4_poisson import arrivals as s4_arrivals
 
 VLLM_VENV_PYTHON = "/work/vllm-venv/bin/python"
 SERVED_NAME = "smollm2"
@@ -282,13 +282,8 @@ class Arrival:
 
 
 def s4_trace(quick: bool = False) -> list[Arrival]:
-    """Scenario 4's arrivals.  benchmarks/s4_poisson.py builds them inline in ``run()`` (no
-    function to import), so its steps are repeated here with its SEED and prompts; keep the
-    two in step."""
-    n, span_s, max_len = (12, 5.0, 32) if quick else (64, 45.0, 128)
-    rng = random.Random(SEED)
-    gaps = [rng.expovariate(n / span_s) for _ in range(n)]
-    lengths = [rng.randint(16, max_len) for _ in range(n)]
+    """Scenario 4's arrivals (benchmarks/s4_poisson.py), with its story prompts."""
+    gaps, lengths = s4_arrivals(quick)
     return [Arrival(g, story_prompt(i), m) for i, (g, m) in enumerate(zip(gaps, lengths, strict=True))]
 
 
