@@ -16,8 +16,8 @@ import os
 
 from benchmarks.common import MAIN_WORKER_ARGS, Context, Row, ms, percentile
 from benchmarks.prompts import story_prompts
-from benchmarks.s3_batch import _pipeline
-from benchmarks.s5_stream_layer import _measure
+from benchmarks.s3_batch import pipeline
+from benchmarks.s5_stream_layer import measure
 from benchmarks.stream_load import Load
 from cli.embedded import embedded_redis
 from consumer import StreamReader
@@ -63,9 +63,9 @@ def run(ctx: Context) -> list[Row]:
 
 def _stream_layer(url: str, bulk: Load, paced: Load) -> tuple[float, float, float]:
     """Records/s (1 reader) and latency p50/p99 in ms, measured as scenario 5 does."""
-    _rid, got, _pub_s = _measure(url, bulk, 1)
+    _rid, got, _pub_s = measure(url, bulk, 1)
     rate = sum(g.count for g in got) / (max(g.last_at for g in got) - min(g.first_stamp for g in got))
-    _rid, got, _pub_s = _measure(url, paced, 1)
+    _rid, got, _pub_s = measure(url, paced, 1)
     lat = [x for g in got for x in g.latencies]
     p50, p99 = ms(percentile(lat, 50)), ms(percentile(lat, 99))
     assert p50 is not None and p99 is not None
@@ -88,7 +88,7 @@ def _workers_tps(url: str, workers: int, n: int, tokens: int) -> list[float]:
             reader.result(rid, timeout_s=300)
         runs = []
         for _ in range(RUNS):
-            started, traces = asyncio.run(_pipeline(producer, url, story_prompts(n), tokens))
+            started, traces = asyncio.run(pipeline(producer, url, story_prompts(n), tokens))
             end = max(t.last for t in traces if t.last is not None)
             runs.append(sum(t.tokens for t in traces) / (end - started))
         return runs

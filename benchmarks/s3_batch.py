@@ -26,7 +26,7 @@ def run(ctx: Context) -> list[Row]:
     seq_runs = [ref.stream(p, seq_tokens) for p in prompts[:seq_n]]
     seq_tps = sum(len(r.token_ids) for r in seq_runs) / sum(r.elapsed_s for r in seq_runs)
     stack = ctx.stack()
-    started, traces = asyncio.run(_pipeline(stack.producer, stack.url, prompts, tokens))
+    started, traces = asyncio.run(pipeline(stack.producer, stack.url, prompts, tokens))
     end = max(t.last for t in traces if t.last is not None)
     total = sum(t.tokens for t in traces)
     pipe_tps = total / (end - started)
@@ -54,7 +54,10 @@ def run(ctx: Context) -> list[Row]:
     ]
 
 
-async def _pipeline(producer: Producer, url: str, prompts: list[str], tokens: int) -> tuple[float, list[Trace]]:
+async def pipeline(producer: Producer, url: str, prompts: list[str], tokens: int) -> tuple[float, list[Trace]]:
+    """One 2-token warm-up request, then every prompt submitted at once (greedy, ``tokens``
+    each) and followed by one reader: the start time and each request's trace (scenario 13
+    times its worker counts with it too)."""
     config = {"max_tokens": tokens, "temperature": 0, "ignore_eos": True}
     async with AsyncStreamReader(url) as reader:
         await afollow(reader, submit(producer, prompts[0], **{**config, "max_tokens": 2}))  # warm-up

@@ -36,7 +36,7 @@ def run(ctx: Context) -> list[Row]:
 
 
 def _throughput(url: str, load: Load, readers: int) -> Row:
-    rid, got, pub_s = _measure(url, load, readers)
+    rid, got, pub_s = measure(url, load, readers)
     rate = sum(g.count for g in got) / (max(g.last_at for g in got) - min(g.first_stamp for g in got))
     note = f"{load.records:,} records, batches of {load.batch}; StreamSink alone {load.records / pub_s:,.0f}/s"
     if readers == 1:
@@ -46,7 +46,7 @@ def _throughput(url: str, load: Load, readers: int) -> Row:
 
 
 def _latency(url: str, load: Load, readers: int) -> list[Row]:
-    _rid, got, _ = _measure(url, load, readers)
+    _rid, got, _ = measure(url, load, readers)
     lat = [x for g in got for x in g.latencies]
     p50, p99 = ms(percentile(lat, 50)), ms(percentile(lat, 99))
     assert p50 is not None and p99 is not None
@@ -63,7 +63,10 @@ def _latency(url: str, load: Load, readers: int) -> list[Row]:
     ]
 
 
-def _measure(url: str, load: Load, readers: int) -> tuple[str, list[Received], float]:
+def measure(url: str, load: Load, readers: int) -> tuple[str, list[Received], float]:
+    """Publish ``load`` into a new stream from a publisher process while ``readers`` read it:
+    the request id, what each reader received, and the publisher's own time (scenario 13
+    runs it on a cluster too)."""
     rid = new_stream(url)
     pub = Publisher(url, rid, load)
     got = [read_one(url, rid, pub)] if readers == 1 else asyncio.run(read_many(url, rid, pub, readers))
