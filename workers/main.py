@@ -22,7 +22,7 @@ from celery import Celery
 from broker.app import make_celery
 from schemas.job import DEFAULT_QUEUE, queue_for_model
 from schemas.redis_util import connect, refuse_cluster_node, translate_redis_errors
-from schemas.settings import model_name, redis_url, torch_threads, ttl_s
+from schemas.settings import engine, engine_args, model_name, redis_url, torch_threads, ttl_s
 from schemas.workers import WorkerInfo
 from workers.engine.engine import Engine
 from workers.engine.model_runner import load_model
@@ -56,12 +56,17 @@ class WorkerOptions:
     events: bool = False  # Celery task events (-E) for flower; TOKENRELAY_TASK_EVENTS=1 turns them on too
     metrics_port: int | None = None  # Prometheus metrics on this port (0: a free one); None: off
     metrics_host: str = "127.0.0.1"
+    engine: str | None = None  # builtin | vllm (default: TOKENRELAY_ENGINE, else builtin)
+    engine_args: list[str] | None = None  # vLLM EngineArgs as KEY=VALUE (default: TOKENRELAY_ENGINE_ARGS)
 
 
 def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info) -> tuple[EngineRunner, str]:
     """Start the engine thread; it loads the model (see workers/runner.py for why there)."""
     name = model_name(opts.model)
     url = redis_url(opts.redis_url)
+
+    kind, extra = engine(opts.engine), engine_args(opts.engine_args)  # bad values fail here, not on the thread
+    limits = opts.limits or Limits()
 
     def build_engine() -> Engine:
         threads = torch_threads(opts.threads)
@@ -70,10 +75,16 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
 
             torch.set_num_threads(threads)  # per thread in OpenMP: set it on the engine thread
         path = resolve_model_dir(name, progress)
-        progress(f"loading {name} from {path}")
+        progress(f"loading {name} from {path} ({kind} engine)")
+        if kind == "vllm":
+            from workers.engine.vllm_core import load_vllm
+
+            core = load_vllm(name, path, limits, extra)
+            progress(f"model ready on vLLM ({core.loaded.device}, context {core.loaded.max_context})")
+            return Engine(core.loaded, limits, opts.stream_interval, core=core)
         loaded = load_model(name, path)
         progress(f"model ready on {loaded.device} ({next(loaded.model.parameters()).dtype})")
-        return Engine(loaded, opts.limits or Limits(), opts.stream_interval)
+        return Engine(loaded, limits, opts.stream_interval)
 
     with translate_redis_errors(url):  # a cluster client reads its slot map in connect()
         client = connect(url)

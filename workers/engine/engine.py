@@ -1,36 +1,74 @@
-"""The decode engine: an engine core (core.py, torch) behind an output processor (output.py).
+"""The decode engine: an engine core behind an output processor (output.py).
 
 The engine knows nothing of Celery or Redis: the runner feeds it and publishes its output.
-`Engine` is the runner's interface; it only joins the two halves (see `Engine.step`).
+`Engine` is the runner's interface; it only joins the two halves (see `Engine.step`).  The
+core is the builtin one (core.py: torch + transformers) or vLLM's (vllm_core.py): anything
+that satisfies `Core` turns prompts into token ids; the records, their text, stop strings,
+finish reasons, seq, usage and resume are the output processor's, the same for every core.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping, Sized
+from typing import Protocol
 
 from schemas.config import GenerationConfig
 from schemas.records import ErrorInfo
-from workers.engine.core import EngineCore, Row
-from workers.engine.kv_cache import BatchCache
-from workers.engine.model_runner import LoadedModel, ModelRunner
-from workers.engine.output import Emission, OutputProcessor, Resume
+from workers.engine.core import EngineCore
+from workers.engine.model_runner import LoadedModel
+from workers.engine.output import CoreStep, Emission, Finished, OutputProcessor, Resume
 from workers.engine.prompt import PromptError, encode_prompt
 from workers.engine.scheduler import EngineFull, Limits
-from workers.engine.sequence import Request
 
-__all__ = ["Emission", "Engine", "Resume"]
+__all__ = ["Core", "Emission", "Engine", "Resume"]
 log = logging.getLogger(__name__)
 
 
+class Batch(Protocol):
+    @property
+    def rows(self) -> Sized: ...  # the sequences (choices) decoding now
+    @property
+    def nbytes(self) -> int: ...  # what the KV cache holds
+
+
+class Core(Protocol):
+    """What `Engine` needs of an engine core: token ids in, token ids (`CoreStep`) out."""
+
+    limits: Limits
+
+    @property
+    def batch(self) -> Batch: ...
+    @property
+    def waiting(self) -> Collection[object]: ...  # queued in the core, not running yet
+    @property
+    def running(self) -> Mapping[str, object]: ...  # request id -> the core's state
+
+    def add(self, request_id: str, prompt_ids: list[int], config: GenerationConfig, resume: Resume | None) -> None:
+        """Queue a request; a resumed one brings the tokens already published per choice."""
+
+    def remove(self, request_id: str) -> bool:
+        """Take a request out, waiting or running; False if it is not here."""
+
+    def step(self) -> CoreStep | None:
+        """One pass and its draws; None when there is nothing to run."""
+
+    def finish(self, finished: Iterable[Finished]) -> None:
+        """The output processor's verdict on the last step: these choices are done."""
+
+    def abandon_pass(self) -> set[str]:
+        """After a pass failed: forget the pass; return the requests the caller must end."""
+
+
 class Engine:
-    def __init__(self, loaded: LoadedModel, limits: Limits | None = None, stream_interval: int = 1) -> None:
+    def __init__(
+        self, loaded: LoadedModel, limits: Limits | None = None, stream_interval: int = 1, core: Core | None = None
+    ) -> None:
         self.loaded = loaded
         self.output = OutputProcessor(
             loaded.tokenizer, loaded.token_bytes, loaded.eos_token_ids, loaded.max_context, stream_interval
         )
-        self.core = EngineCore(loaded, limits or Limits())
+        self.core: Core = core if core is not None else EngineCore(loaded, limits or Limits())
         self._outbox: list[Emission] = []  # records made outside a step (rejections, resumes)
         self._steps = 0
 
@@ -41,28 +79,21 @@ class Engine:
         return self.core.limits
 
     @property
-    def runner(self) -> ModelRunner:
-        return self.core.runner
-
-    @property
     def stream_interval(self) -> int:
         return self.output.stream_interval
 
     @property
-    def waiting(self) -> deque[Request]:
+    def waiting(self) -> Collection[object]:
         return self.core.waiting
 
     @property
-    def running(self) -> dict[str, Request]:
+    def running(self) -> Mapping[str, object]:
         return self.core.running
 
     @property
-    def rows(self) -> list[Row]:
+    def rows(self) -> Sized:
+        """The sequences (choices) decoding now."""
         return self.core.batch.rows
-
-    @property
-    def cache(self) -> BatchCache | None:
-        return self.core.batch.cache
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -89,8 +120,12 @@ class Engine:
             )
             return
         self._outbox.extend(self.output.add(request_id, prompt_ids, config, submitted_at, resume))
-        if request_id in self.output:  # not when a resume shows every choice already ended
+        if request_id not in self.output:  # a resume shows every choice already ended
+            return
+        try:
             self.core.add(request_id, prompt_ids, config, resume)
+        except ValueError as exc:  # the core refuses it (vLLM checks lengths and parameters itself)
+            self._outbox.extend(self.output.end(request_id, "error", ErrorInfo("invalid_request", str(exc))))
 
     def reject(
         self,
@@ -132,14 +167,15 @@ class Engine:
         return bool(self.core.waiting or self.core.batch.rows or self._outbox)
 
     def active_ids(self) -> list[str]:
-        return [r.request_id for r in self.core.waiting] + list(self.core.running)
+        return list(self.output.requests)
 
     def step(self) -> list[Emission]:
         """One forward pass; returns the records to publish, as ``(request_id, Record)``.
 
-        1. The core admits waiting requests (first come, first served) and prefills them, or
-           else decodes one token for every running row; each row samples from its own random
-           stream.  Out come token ids and raw logprobs per row (`CoreStep`), no text.
+        1. The core runs one pass: the builtin core admits waiting requests (first come, first
+           served) and prefills them, or else decodes one token for every running row; vLLM's
+           core runs one step of its own scheduler.  Out come token ids and raw logprobs per
+           row (`CoreStep`), no text.
         2. The output processor detokenizes, applies stop tokens, stop strings and length,
            numbers the records (the last one of a request carries its usage) and says which
            choices finished.
