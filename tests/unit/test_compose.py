@@ -37,6 +37,9 @@ def test_services_profiles_and_settings() -> None:
         assert worker["environment"]["TOKENRELAY_REDIS_URL"] == "redis://redis:6379/0"
         assert worker["environment"]["HF_HUB_OFFLINE"] == "1"
         assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["worker-gpu"]["environment"]["TOKENRELAY_ENGINE"] == "vllm"
+    assert services["worker-gpu"]["build"]["args"]["EXTRAS"] == "vllm"
+    assert "TOKENRELAY_ENGINE" not in services["worker"]["environment"]
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert "--appendonly" in services["redis"]["command"]
