@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
+from benchmarks.vllm_offline import offline_generate
 from consumer import GenerationFailed
 from schemas import Record
 from tests.integration.conftest import Stack, stack_of
-from tests.support.vllm_offline import offline_generate
 from workers.engine.token_bytes import build_token_bytes
 
 pytestmark = [

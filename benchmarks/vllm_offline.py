@@ -1,10 +1,10 @@
-"""vLLM's own offline generation, as the reference for the vLLM engine's tests and benchmarks.
+"""vLLM's own offline generation: the reference for the vLLM engine's benchmarks and tests.
 
 Run as a script in a fresh interpreter (vLLM binds threads and sets torch options for the whole
 process, and it may start its engine core with multiprocessing *spawn*, which re-imports the
 main module: hence nothing runs at import time)::
 
-    python -m tests.support.vllm_offline MODEL_DIR < request.json > result.json
+    python -m benchmarks.vllm_offline MODEL_DIR < request.json > result.json
 
 ``request.json``: ``{"prompts": [[token ids], ...], "max_tokens": N, "engine_args": {...}}``;
 greedy, ``ignore_eos``.  The result: ``{"token_ids": [[...], ...], "seconds": generate's wall
@@ -31,7 +31,7 @@ def offline_generate(
     request = {"prompts": prompts, "max_tokens": max_tokens, "engine_args": engine_args or {}}
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.support.vllm_offline", model_dir],
+        [sys.executable, "-m", "benchmarks.vllm_offline", model_dir],
         input=json.dumps(request),
         capture_output=True,
         text=True,
