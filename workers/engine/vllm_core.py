@@ -156,8 +156,6 @@ class VllmCore:
     # -- requests -------------------------------------------------------------------------
 
     def add(self, request_id: str, prompt_ids: list[int], config: GenerationConfig, resume: Resume | None) -> None:
-        from vllm.inputs import TokensPrompt
-
         published = resume.tokens if resume is not None else {}
         done = resume.finished if resume is not None else {}
         req = _Request(request_id, top_logprobs=config.top_logprobs)
@@ -169,7 +167,7 @@ class VllmCore:
                 tail = list(published.get(index, []))
                 vid = f"{request_id}{SEP}{index}"
                 params = self._params(config, index, tail, len(prompt_ids))
-                self.llm.add_request(vid, TokensPrompt(prompt_token_ids=prompt_ids + tail), params)
+                self.llm.add_request(vid, self._engine_input(prompt_ids + tail), params)
                 req.choices[index] = vid
                 self._live[vid] = (request_id, index)
         except Exception:
@@ -234,6 +232,15 @@ class VllmCore:
         live = [v for v in vids if self._live.pop(v, None) is not None]
         if live:
             self.llm.abort_request(live)
+
+    def _engine_input(self, token_ids: list[int]) -> Any:
+        """Token ids as vLLM's engine takes them: rendered by its renderer where it has one
+        (vLLM 0.32 deprecates raw prompts), else the raw prompt."""
+        from vllm.inputs import TokensPrompt
+
+        prompt = TokensPrompt(prompt_token_ids=token_ids)
+        render = getattr(getattr(self.llm, "renderer", None), "render_cmpl", None)
+        return render([prompt])[0] if render is not None else prompt
 
     def _params(self, config: GenerationConfig, index: int, tail: list[int], prompt_len: int) -> Any:
         from vllm import SamplingParams
