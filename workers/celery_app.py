@@ -66,7 +66,9 @@ def attach_engine(app: Celery, worker_id: str, queues: list[str]) -> None:
     runner, name = build_runner(opts)
     port = settings.metrics_port()
     metrics = None if port is None else (port, "127.0.0.1")
-    heartbeat = serve(app, runner, name, worker_id, queues, Limits().max_running, opts.grace_s, metrics)
+    heartbeat = serve(
+        app, runner, name, worker_id, queues, Limits().max_running, opts.grace_s, metrics, settings.engine()
+    )
 
     def stop(**_kwargs: object) -> None:
         heartbeat.stop()

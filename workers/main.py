@@ -138,6 +138,7 @@ def serve(
     capacity: int,
     grace_s: float,
     metrics: tuple[int, str] | None = None,
+    engine_kind: str = "builtin",
 ) -> Heartbeat:
     """Wire a started runner into a Celery app: the generate task, the warm-shutdown drain,
     the metrics server (``metrics`` = (port, host)) and the heartbeat (returned: the caller
@@ -151,6 +152,7 @@ def serve(
         worker_id=worker_id,
         model=name,
         aliases=sorted(model_aliases(name) - {name}),
+        engine=engine_kind,
         queues=queues,
         capacity=capacity,
         hostname=socket.gethostname(),
@@ -183,7 +185,9 @@ def run_worker(opts: WorkerOptions) -> None:
     queues = opts.queues or [queue_for_model(name), DEFAULT_QUEUE]
     concurrency = opts.concurrency or limits.max_running
     metrics = None if opts.metrics_port is None else (opts.metrics_port, opts.metrics_host)
-    heartbeat = serve(app, runner, name, worker_id, queues, limits.max_running, opts.grace_s, metrics)
+    heartbeat = serve(
+        app, runner, name, worker_id, queues, limits.max_running, opts.grace_s, metrics, engine(opts.engine)
+    )
     argv = [
         "worker",
         "--pool=threads",

@@ -7,6 +7,7 @@ own offline ``LLM.generate`` on the same token ids, run in a fresh interpreter.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from transformers import AutoTokenizer
 
 from benchmarks.vllm_offline import offline_generate
 from consumer import GenerationFailed
+from consumer.index import workers_async
 from schemas import Record
 from tests.integration.conftest import Stack, stack_of
 from workers.engine.token_bytes import build_token_bytes
@@ -162,3 +164,16 @@ def test_unknown_model_fails_and_the_worker_keeps_serving(vllm_stack: Stack) -> 
     assert info.value.error_type == "unknown_model"
     ok = vllm_stack.reader.result(vllm_stack.producer.submit("hi", max_tokens=5, ignore_eos=True), timeout_s=60)
     assert ok.finish_reasons == ["length"]
+
+
+def test_heartbeat_names_the_engine(stack: Stack, request: pytest.FixtureRequest) -> None:
+    async def live() -> list[Any]:
+        reader = stack.async_reader()
+        try:
+            return await workers_async(reader)
+        finally:
+            await reader.aclose()
+
+    (worker,) = asyncio.run(live())
+    assert worker.engine == request.node.callspec.params["stack"]
+    assert worker.capacity >= 1

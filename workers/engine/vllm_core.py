@@ -96,7 +96,19 @@ def load_vllm(name: str, path: str, limits: Limits, engine_args: Mapping[str, An
         args["dtype"] = "float32"  # as the builtin engine on CPU; vLLM would pick bf16
     args.update(engine_args or {})
     llm = LLMEngine.from_engine_args(EngineArgs(**args))
-    return VllmCore(llm, _text_side(name, path, llm), limits)
+    return VllmCore(llm, _text_side(name, path, llm), limits, _kv_cache_bytes(llm))
+
+
+def _kv_cache_bytes(llm: Any) -> int:
+    """vLLM allocates its KV cache up front: its size (not what is in use), 0 if unknown."""
+    try:
+        cfg = llm.vllm_config
+        model, parallel = cfg.model_config, cfg.parallel_config
+        tokens = cfg.cache_config.kv_cache_size_tokens
+        per_token = 2 * model.get_num_layers(parallel) * model.get_num_kv_heads(parallel) * model.get_head_size()
+        return int(tokens * per_token * model.dtype.itemsize)
+    except Exception:  # another vLLM version, or the cache lives in vLLM's engine process
+        return 0
 
 
 def _has_gpu() -> bool:
@@ -131,13 +143,13 @@ def _text_side(name: str, path: str, llm: Any) -> LoadedModel:
 
 
 class VllmCore:
-    def __init__(self, llm: Any, loaded: LoadedModel, limits: Limits) -> None:
+    def __init__(self, llm: Any, loaded: LoadedModel, limits: Limits, kv_cache_bytes: int = 0) -> None:
         self.llm = llm
         self.loaded = loaded
         self.limits = limits
         self._requests: dict[str, _Request] = {}
         self._live: dict[str, tuple[str, int]] = {}  # vLLM request id -> (request id, choice index)
-        self._batch = _Rows(self._live, 0)
+        self._batch = _Rows(self._live, kv_cache_bytes)
 
     # -- what Engine reads ---------------------------------------------------------------
 

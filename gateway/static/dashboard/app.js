@@ -148,7 +148,7 @@ function renderBatches() {
 
 function renderWorkers() {
   $("#workers tbody").innerHTML = workers.map((w) => `
-    <tr><td>${esc(w.worker_id)}${w.draining ? " (draining)" : ""}</td><td>${esc(w.model.split("/").pop())}</td>
+    <tr><td>${esc(w.worker_id)}${w.draining ? " (draining)" : ""}</td><td>${esc(w.model.split("/").pop())} <small>(${esc(w.engine || "builtin")})</small></td>
     <td>${w.running} / ${w.capacity}</td><td>${num(w.tokens_per_s, 1)}</td><td>${age(w.heartbeat_at)} ago</td></tr>`).join("");
 }
 
