@@ -11,8 +11,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import redis.cluster
 
 from cli.embedded import embedded_redis
+from schemas.redis_util import connect
+from tests.support.cluster import LocalCluster, local_cluster
+from tests.support.fixtures import module_context
 from workers.launcher import Stack, start_stack
 
 
@@ -44,3 +48,17 @@ def tiny_stack(server_factory: object, tiny_model_dir: Path) -> Iterator[Stack]:
 def smol_stack(server_factory: object, smollm2_dir: Path) -> Iterator[Stack]:
     """A worker serving the real SmolLM2-135M-Instruct."""
     yield from stack_of(server_factory(), "HuggingFaceTB/SmolLM2-135M-Instruct", ["--concurrency", "8"])  # type: ignore[operator]
+
+
+cluster = module_context(
+    lambda: local_cluster(masters=3), "A 3-master Redis Cluster without replicas (valkey nodes) for the module's tests."
+)
+
+
+@pytest.fixture(scope="module")
+def cluster_client(cluster: LocalCluster) -> Iterator[redis.cluster.RedisCluster]:
+    """A client of the module's cluster, as the product makes it (``connect``)."""
+    c = connect(cluster.url)
+    assert isinstance(c, redis.cluster.RedisCluster)
+    yield c
+    c.close()

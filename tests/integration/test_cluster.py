@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,8 @@ from schemas.errors import RelayConnectionError, ValidationError, WorkerStartErr
 from schemas.records import Record, Usage
 from schemas.redis_util import OUTAGE_ERRORS, connect, is_outage
 from tests.integration.conftest import stack_of
-from tests.support.cluster import LocalCluster, local_cluster, tls
+from tests.support.cluster import LocalCluster, Node, local_cluster, tls
+from tests.support.fixtures import own_server
 from tests.support.gateway_process import gateway_process, wait_for_worker
 from tests.support.tls_server import PASSWORD as TLS_PASSWORD
 from tests.support.tls_server import binary as tls_binary
@@ -44,28 +46,13 @@ WORKER_ARGS = ["--concurrency", "8", "--max-running", "8", "--threads", "1"]
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with local_cluster(masters=3) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def broker(server_factory: object) -> str:
-    return server_factory()  # type: ignore[operator,no-any-return]
+# ``cluster`` (3 masters, module-scoped) and ``cluster_client``: tests/integration/conftest.py.
+broker = own_server("The Celery broker (a standalone valkey: a cluster cannot be one) of the module's worker.")
 
 
 @pytest.fixture(scope="module")
 def stack(cluster: LocalCluster, broker: str, tiny_model_dir: Path) -> Iterator[Stack]:
     yield from stack_of(cluster.url, str(tiny_model_dir), WORKER_ARGS, broker_url=broker)
-
-
-@pytest.fixture(scope="module")
-def client(cluster: LocalCluster) -> Iterator[redis.cluster.RedisCluster]:
-    c = connect(cluster.url)
-    assert isinstance(c, redis.cluster.RedisCluster)
-    yield c
-    c.close()
 
 
 def ids_on_every_master(cluster: LocalCluster, per_node: int = 2) -> list[str]:
@@ -95,14 +82,14 @@ async def read_async(url: str, rids: list[str]) -> dict[str, list[Record]]:
 
 
 def test_requests_on_every_master_stream_to_both_readers(
-    stack: Stack, cluster: LocalCluster, client: redis.cluster.RedisCluster
+    stack: Stack, cluster: LocalCluster, cluster_client: redis.cluster.RedisCluster
 ) -> None:
     chosen = ids_on_every_master(cluster)
     # Caller-chosen ids (the register script, then the index in a second pipeline) and
     # random ones (both in one pipeline that spans the request's node and the index's).
     rids = [stack.producer.submit("héllo 日本", request_id=rid, max_tokens=12, ignore_eos=True) for rid in chosen]
     rids += [stack.producer.submit(f"random {i}", max_tokens=12, ignore_eos=True) for i in range(3)]
-    nodes = {client.get_node_from_key(keys.deltas_key(rid)).name for rid in rids}
+    nodes = {cluster_client.get_node_from_key(keys.deltas_key(rid)).name for rid in rids}
     assert len(nodes) == 3  # every master holds some of the streams
 
     synced = {rid: list(stack.reader.stream(rid, timeout_s=60)) for rid in rids}
@@ -111,7 +98,7 @@ def test_requests_on_every_master_stream_to_both_readers(
         check_complete(synced[rid])
         assert asynced[rid] == synced[rid]
         assert [r.entry_id for r in asynced[rid]] == [r.entry_id for r in synced[rid]]
-        assert client.hget(keys.meta_key(rid), "status") == b"finished"
+        assert cluster_client.hget(keys.meta_key(rid), "status") == b"finished"
     # Once more from a reader that starts late: everything is still there.
     with StreamReader(cluster.url) as late:
         assert late.result(rids[0], timeout_s=10).texts == ["".join(r.text for r in synced[rids[0]] if r.index == 0)]
@@ -162,7 +149,9 @@ def test_cancel_of_a_queued_request_sync_and_async(stack: Stack, cluster: LocalC
     assert stack.reader.cancel(first) == "ended"
 
 
-def test_request_index_on_the_cluster(stack: Stack, cluster: LocalCluster, client: redis.cluster.RedisCluster) -> None:
+def test_request_index_on_the_cluster(
+    stack: Stack, cluster: LocalCluster, cluster_client: redis.cluster.RedisCluster
+) -> None:
     feed = stack.reader.events()  # from now on
     queued = stack.producer.submit("waits", max_tokens=5, queue=NOBODY)
     running = stack.producer.submit("runs long", max_tokens=100_000, ignore_eos=True)
@@ -187,8 +176,8 @@ def test_request_index_on_the_cluster(stack: Stack, cluster: LocalCluster, clien
             break
     assert seen[queued][0] == "queued"
     assert seen[running][0] == "queued" and "running" in seen[running] and seen[running][-1] == "cancelled"
-    assert client.zscore(keys.INDEX_RECENT_KEY, running) is not None
-    assert client.zscore(keys.INDEX_RUNNING_KEY, running) is None
+    assert cluster_client.zscore(keys.INDEX_RECENT_KEY, running) is not None
+    assert cluster_client.zscore(keys.INDEX_RUNNING_KEY, running) is None
     # The global keys are single keys, each on the one slot of its own name.
     assert len({keys.INDEX_EVENTS_KEY, keys.INDEX_QUEUED_KEY, keys.INDEX_RUNNING_KEY, keys.LEASES_KEY}) == 4
     stack.producer.cancel(queued)
@@ -318,13 +307,32 @@ def test_a_dead_workers_request_is_taken_over_on_the_cluster(
             w.kill()
 
 
-@pytest.mark.slow
-def test_a_master_killed_mid_stream_fails_over_and_the_stream_ends_whole(
-    server_factory: object, tiny_model_dir: Path
-) -> None:
-    """3 masters + 3 replicas; SIGKILL the master of a running request's slot.  Its replica
-    takes over the slot (cluster-node-timeout 2 s); the worker and the reader retry through
-    the failover, and the stream ends with every record, equal to an undisturbed run."""
+@dataclass
+class MidStream:
+    """A seeded request on a cluster with replicas, read up to its 5th record."""
+
+    cluster: LocalCluster
+    worker: WorkerProcess
+    reader: StreamReader
+    rid: str
+    reference: list[int]  # the tokens of an undisturbed run of the same request
+    seen: list[Record]  # the records read so far
+    victim: Node  # the master of the request's slot
+
+    def read_to_the_end(self) -> int:
+        """Read the rest of the stream; check it whole (every seq once, a final record with
+        usage) and equal to the undisturbed run; return how often the request was claimed."""
+        rest = list(self.reader.stream(self.rid, after=self.seen[-1].entry_id or "", timeout_s=60))
+        records = self.seen + rest
+        assert [r.seq for r in records] == list(range(len(records)))
+        assert records[-1].usage is not None and tokens(records) == self.reference
+        return int(self.reader._client.hget(keys.meta_key(self.rid), "attempts") or 0)
+
+
+@contextlib.contextmanager
+def mid_stream_on_replicas(server_factory: object, tiny_model_dir: Path, prompt: str) -> Iterator[MidStream]:
+    """3 masters + 3 replicas (cluster-node-timeout 2 s), one worker, and a seeded 1,500-token
+    request on them whose first 5 records were read; the worker is killed afterwards."""
     broker = server_factory()  # type: ignore[operator]
     with local_cluster(masters=3, replicas=1) as cluster:
         worker = WorkerProcess(cluster.url, broker, str(tiny_model_dir), ["--concurrency", "2", "--threads", "1"])
@@ -332,23 +340,30 @@ def test_a_master_killed_mid_stream_fails_over_and_the_stream_ends_whole(
             worker.wait_ready()
             with Producer(cluster.url, broker) as producer, StreamReader(cluster.url) as reader:
                 config = {**SEEDED, "max_tokens": 1500}
-                reference = tokens(list(reader.stream(producer.submit("failover", **config), timeout_s=120)))
-                rid = producer.submit("failover", **config)
+                reference = tokens(list(reader.stream(producer.submit(prompt, **config), timeout_s=120)))
+                rid = producer.submit(prompt, **config)
                 seen = read_until(reader, rid, 5)
                 victim = cluster.node(cluster.primary_port_of(keys.deltas_key(rid)))
-                killed_at = time.monotonic()
-                victim.kill()
-                rest = list(reader.stream(rid, after=seen[-1].entry_id or "", timeout_s=60))
-                resumed_s = time.monotonic() - killed_at
-                records = seen + rest
-                assert [r.seq for r in records] == list(range(len(records)))
-                assert records[-1].usage is not None and tokens(records) == reference
-                assert cluster.primary_port_of(keys.deltas_key(rid)) != victim.port  # the replica took over
-                attempts = int(reader._client.hget(keys.meta_key(rid), "attempts") or 0)
-                print(f"failover: stream whole after {resumed_s:.1f}s, {attempts} attempt(s)")
-                assert worker.alive()
+                yield MidStream(cluster, worker, reader, rid, reference, seen, victim)
         finally:
             worker.kill()
+
+
+@pytest.mark.slow
+def test_a_master_killed_mid_stream_fails_over_and_the_stream_ends_whole(
+    server_factory: object, tiny_model_dir: Path
+) -> None:
+    """SIGKILL the master of a running request's slot.  Its replica takes over the slot; the
+    worker and the reader retry through the failover, and the stream ends with every record,
+    equal to an undisturbed run."""
+    with mid_stream_on_replicas(server_factory, tiny_model_dir, "failover") as run:
+        killed_at = time.monotonic()
+        run.victim.kill()
+        attempts = run.read_to_the_end()
+        resumed_s = time.monotonic() - killed_at
+        assert run.cluster.primary_port_of(keys.deltas_key(run.rid)) != run.victim.port  # the replica took over
+        print(f"failover: stream whole after {resumed_s:.1f}s, {attempts} attempt(s)")
+        assert run.worker.alive()
 
 
 def test_injected_cluster_clients_are_labelled_and_checked(cluster: LocalCluster) -> None:
@@ -380,17 +395,17 @@ def evalsha_calls(cluster: LocalCluster) -> dict[int, int]:
 
 
 def test_the_sinks_step_is_one_script_per_request_on_its_node(
-    cluster: LocalCluster, client: redis.cluster.RedisCluster
+    cluster: LocalCluster, cluster_client: redis.cluster.RedisCluster
 ) -> None:
     """20 records each for 3 requests on 3 masters: one publish script per request, on the
     request's own master (the records are its arguments), all sent as one pipeline."""
-    sink = StreamSink(client, 120, cluster.url, worker_id="sink-test", lease_s=5.0, max_backoff_s=0.2)
+    sink = StreamSink(cluster_client, 120, cluster.url, worker_id="sink-test", lease_s=5.0, max_backoff_s=0.2)
     rids = ids_on_every_master(cluster, per_node=1)
     for rid in rids:
         claim = sink.claim(rid, 120)
         assert claim.kind is Claim.CLAIMED
         sink.hold(rid, claim.owner, sink.read_stream(rid).last_id, 120)
-    client.script_flush()  # the step finds NOSCRIPT on every master: loaded everywhere, sent again
+    cluster_client.script_flush()  # the step finds NOSCRIPT on every master: loaded everywhere, sent again
     sink.publish([(rid, Record(seq=0, text="x", token_ids=[1])) for rid in rids])
     before = evalsha_calls(cluster)
     outcome = sink.publish([(rid, Record(seq=i, text="x", token_ids=[i])) for rid in rids for i in range(1, 21)])
@@ -398,10 +413,10 @@ def test_the_sinks_step_is_one_script_per_request_on_its_node(
     assert not outcome.lost and not outcome.conflicts
     masters = {cluster.primary_port_of(keys.deltas_key(rid)) for rid in rids}
     assert {port: after[port] - before[port] for port in masters} == dict.fromkeys(masters, 1)
-    assert all(client.xlen(keys.deltas_key(rid)) == 21 for rid in rids)
+    assert all(cluster_client.xlen(keys.deltas_key(rid)) == 21 for rid in rids)
     # Ended, so that no live worker's scan tries to take them over.
     sink.publish([(rid, Record(seq=21, finish_reason="stop", usage=Usage())) for rid in rids])
-    assert all(client.hget(keys.meta_key(rid), "status") == b"finished" for rid in rids)
+    assert all(cluster_client.hget(keys.meta_key(rid), "status") == b"finished" for rid in rids)
 
 
 @pytest.mark.skipif(tls_binary() is None, reason="no redis-server binary with TLS on this machine")
@@ -436,36 +451,19 @@ def test_a_frozen_master_that_comes_back_demoted(server_factory: object, tiny_mo
     (dropping anything it still accepted; in our runs it accepted nothing); the worker, blocked
     on the frozen node meanwhile, goes on at the new master, and the stream ends whole and equal
     to an undisturbed run."""
-    broker = server_factory()  # type: ignore[operator]
-    with local_cluster(masters=3, replicas=1) as cluster:
-        worker = WorkerProcess(cluster.url, broker, str(tiny_model_dir), ["--concurrency", "2", "--threads", "1"])
+    with mid_stream_on_replicas(server_factory, tiny_model_dir, "partition") as run:
+        key = keys.deltas_key(run.rid)
+        frozen_at = time.monotonic()
+        run.victim.freeze()
         try:
-            worker.wait_ready()
-            with Producer(cluster.url, broker) as producer, StreamReader(cluster.url) as reader:
-                config = {**SEEDED, "max_tokens": 1500}
-                reference = tokens(list(reader.stream(producer.submit("partition", **config), timeout_s=120)))
-                rid = producer.submit("partition", **config)
-                seen = read_until(reader, rid, 5)
-                key = keys.deltas_key(rid)
-                victim = cluster.node(cluster.primary_port_of(key))
-                frozen_at = time.monotonic()
-                victim.freeze()
-                try:
-                    while cluster.primary_port_of(key) == victim.port:
-                        time.sleep(0.1)
-                    promoted_s = time.monotonic() - frozen_at
-                finally:
-                    victim.thaw()
-                rest = list(reader.stream(rid, after=seen[-1].entry_id or "", timeout_s=60))
-                ended_s = time.monotonic() - frozen_at
-                records = seen + rest
-                assert [r.seq for r in records] == list(range(len(records)))
-                assert records[-1].usage is not None and tokens(records) == reference
-                attempts = int(reader._client.hget(keys.meta_key(rid), "attempts") or 0)
-                print(f"partition: promoted after {promoted_s:.1f}s, stream whole after {ended_s:.1f}s, "
-                      f"{attempts} attempt(s)")  # fmt: skip
+            while run.cluster.primary_port_of(key) == run.victim.port:
+                time.sleep(0.1)
+            promoted_s = time.monotonic() - frozen_at
         finally:
-            worker.kill()
+            run.victim.thaw()
+        attempts = run.read_to_the_end()
+        ended_s = time.monotonic() - frozen_at
+        print(f"partition: promoted after {promoted_s:.1f}s, stream whole after {ended_s:.1f}s, {attempts} attempt(s)")
 
 
 def test_a_plain_url_to_a_cluster_node_is_explained(cluster: LocalCluster, broker: str, tiny_model_dir: Path) -> None:

@@ -21,8 +21,7 @@ from producer import Producer
 from schemas import keys
 from schemas.job import queue_for_model
 from schemas.records import Record
-from schemas.redis_util import connect
-from tests.support.cluster import LocalCluster, local_cluster
+from tests.support.cluster import LocalCluster
 from tests.support.lost_write import lose_last_write
 from workers.launcher import WorkerProcess
 
@@ -31,12 +30,7 @@ pytestmark = pytest.mark.integration
 # Four slots each: with 20 requests queued at once, one worker cannot take them all.
 WORKER_ARGS = ["--concurrency", "4", "--max-running", "4", "--threads", "1"]
 CONFIG = {"max_tokens": 48, "temperature": 1.0, "ignore_eos": True}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with local_cluster(masters=3) as c:
-        yield c
+# ``cluster`` (3 masters, module-scoped) and ``cluster_client``: tests/integration/conftest.py.
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +62,6 @@ def workers(
                 w.stop()
 
 
-@pytest.fixture(scope="module")
-def client(cluster: LocalCluster) -> Iterator[redis.cluster.RedisCluster]:
-    c = connect(cluster.url)
-    assert isinstance(c, redis.cluster.RedisCluster)
-    yield c
-    c.close()
-
-
 def worker_of(client: redis.cluster.RedisCluster, rid: str) -> int:
     """The pid of the worker that claimed the request (worker ids: tokenrelay-<pid>-<random>@host)."""
     meta = client.hgetall(keys.meta_key(rid))
@@ -98,35 +84,43 @@ def submit_and_read(url: str, broker: str, model: str, count: int) -> list[str]:
 
 
 def test_two_workers_on_one_queue_share_the_requests(
-    cluster: LocalCluster, workers: tuple[str, dict[str, list[WorkerProcess]]], models: dict[str, str], client: object
+    cluster: LocalCluster,
+    workers: tuple[str, dict[str, list[WorkerProcess]]],
+    models: dict[str, str],
+    cluster_client: redis.cluster.RedisCluster,
 ) -> None:
     broker, started = workers
     rids = submit_and_read(cluster.url, broker, models["alpha"], 20)
-    served = [worker_of(client, rid) for rid in rids]  # type: ignore[arg-type]
+    served = [worker_of(cluster_client, rid) for rid in rids]
     alpha = {w.pid for w in started["alpha"]}
     assert set(served) == alpha, f"served by {served}, alpha workers {alpha}"
     assert min(served.count(pid) for pid in alpha) >= 4, served  # both took a fair part of the queue
 
 
 def test_each_model_goes_only_to_its_workers(
-    cluster: LocalCluster, workers: tuple[str, dict[str, list[WorkerProcess]]], models: dict[str, str], client: object
+    cluster: LocalCluster,
+    workers: tuple[str, dict[str, list[WorkerProcess]]],
+    models: dict[str, str],
+    cluster_client: redis.cluster.RedisCluster,
 ) -> None:
     broker, started = workers
     assert queue_for_model(models["alpha"]) != queue_for_model(models["beta"])
     for name, other in (("beta", "alpha"), ("alpha", "beta")):
         rids = submit_and_read(cluster.url, broker, models[name], 6)
-        served = {worker_of(client, rid) for rid in rids}  # type: ignore[arg-type]
+        served = {worker_of(cluster_client, rid) for rid in rids}
         assert served <= {w.pid for w in started[name]}, (name, served)
         assert not served & {w.pid for w in started[other]}
 
 
 def test_a_final_record_lost_on_its_master_is_written_again(
-    cluster: LocalCluster, workers: tuple[str, dict[str, list[WorkerProcess]]], models: dict[str, str], client: object
+    cluster: LocalCluster,
+    workers: tuple[str, dict[str, list[WorkerProcess]]],
+    models: dict[str, str],
+    cluster_client: redis.cluster.RedisCluster,
 ) -> None:
     """The README's failover case: the request's master loses its last publish (the final
     record and the meta's final status) while the lease index, on another node, keeps what it
     had.  A worker finds the request again and ends it, with exactly one final record."""
-    assert isinstance(client, redis.cluster.RedisCluster)
     broker, _started = workers
     leases_node = cluster.primary_port_of(keys.LEASES_KEY)
     rid = keys.new_request_id()
@@ -135,20 +129,20 @@ def test_a_final_record_lost_on_its_master_is_written_again(
     with Producer(cluster.url, broker) as producer, StreamReader(cluster.url) as reader:
         producer.submit("lost on failover", model=models["alpha"], request_id=rid, seed=5, **CONFIG)
         reference = reader.result(rid, timeout_s=60)
-        lose_last_write(client, rid)
+        lose_last_write(cluster_client, rid)
         records = list(reader.stream(rid, timeout_s=60))
     check_whole(records)
     assert [t for r in records for t in r.token_ids] == reference.token_ids[0]  # seeded: same draws
-    meta = client.hgetall(keys.meta_key(rid))
+    meta = cluster_client.hgetall(keys.meta_key(rid))
     assert meta[b"status"] == b"finished" and meta[b"attempts"] == b"2"
 
 
 def test_the_lease_index_drains_once_every_request_ended(
-    workers: tuple[str, dict[str, list[WorkerProcess]]], client: redis.cluster.RedisCluster
+    workers: tuple[str, dict[str, list[WorkerProcess]]], cluster_client: redis.cluster.RedisCluster
 ) -> None:
     """Finished requests stay in the lease index until a scan sees their end (one lease
     later); with three workers sweeping, nothing is left behind and nothing re-claimed."""
     deadline = time.monotonic() + 30
-    while client.zcard(keys.LEASES_KEY):
-        assert time.monotonic() < deadline, client.zrange(keys.LEASES_KEY, 0, 5, withscores=True)
+    while cluster_client.zcard(keys.LEASES_KEY):
+        assert time.monotonic() < deadline, cluster_client.zrange(keys.LEASES_KEY, 0, 5, withscores=True)
         time.sleep(0.5)

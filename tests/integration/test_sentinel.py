@@ -19,6 +19,7 @@ import redis
 
 from consumer import StreamReader
 from producer import Producer
+from tests.support.fixtures import module_context, own_server
 from tests.support.gateway_process import gateway_process
 from tests.support.sentinel import SentinelSetup, local_sentinel
 from workers.launcher import WorkerProcess
@@ -28,15 +29,8 @@ pytestmark = pytest.mark.integration
 CONFIG = {"max_tokens": 16, "temperature": 0.0, "ignore_eos": True}
 
 
-@pytest.fixture(scope="module")
-def sentinel() -> Iterator[SentinelSetup]:
-    with local_sentinel() as setup:
-        yield setup
-
-
-@pytest.fixture(scope="module")
-def streams(server_factory: object) -> str:
-    return server_factory()  # type: ignore[operator,no-any-return]
+sentinel = module_context(local_sentinel, "A sentinel watching the broker's master and its replica.")
+streams = own_server("The standalone server of the streams (the sentinel's servers are the broker).")
 
 
 @pytest.fixture(scope="module")
