@@ -1,12 +1,20 @@
 """The engine core: admission, forward passes, the batch KV cache and sampling (torch).
 
-Theory of operation.  Requests wait in arrival order.  Each `EngineCore.step()` does one
-forward pass: if waiting requests fit the limits (scheduler.py), it admits them and runs
-their prefill (left-padded, one pass for all of them; ``n`` choices share one prefill and
-then fork into ``n`` rows); otherwise it runs one decode pass for every running row.  Each
-row then samples from its own random stream (sampler.py).  The step returns a `CoreStep`:
-token ids and raw logprobs per row, nothing of text.  The output processor (output.py) turns
-those into records and says which choices finished; `finish()` then frees their rows.
+Theory of operation.  Requests wait in arrival order.  Each `EngineCore.step()` is one forward
+pass that decodes one token for every running row and, packed into the same pass, prefills
+the next chunk of the requests being admitted (packed.py).  When no prefill is under way and
+requests wait, the ones that fit the limits (scheduler.py) start one: their prompts form one
+left-padded batch (``n`` choices share one prompt row and fork into ``n`` rows at the end; a
+resumed request has a row per choice, prompt plus published tokens).  While rows decode, a
+step takes at most ``Limits.prefill_chunk`` prompt tokens, so a joining prompt costs the
+running rows a little per step instead of stalling them for a whole prefill pass; with no
+row decoding, nobody waits for a token and the prompts go whole.  The chunks build the
+prompts' own KV cache; the pass that completes it also samples their first tokens.  Requests
+stay in `waiting` until then (cancelling one drops its share of the prefill), and in
+`running` from then on.  Each row samples from its own random stream (sampler.py).  The step
+returns a `CoreStep`: token ids and raw logprobs per row, nothing of text.  The output
+processor (output.py) turns those into records and says which choices finished; `finish()`
+then frees their rows.
 
 Rows and the KV cache stay aligned in one object, `BatchState`: row ``i`` of its list is row
 ``i`` of the cache's keys, values, mask and positions, and every change of either goes through
@@ -28,6 +36,7 @@ from schemas.records import ErrorInfo
 from workers.engine.kv_cache import BatchCache
 from workers.engine.model_runner import LoadedModel, ModelRunner
 from workers.engine.output import CoreStep, Finished, Resume
+from workers.engine.packed import Prompts
 from workers.engine.sampler import RowSampling, sample
 from workers.engine.scheduler import Limits, admit
 from workers.engine.sequence import Choice, Request
@@ -77,6 +86,18 @@ class BatchState:
         self.keep([i for i, (r, _c) in enumerate(self.rows) if r is not req])
 
 
+class Prefill:
+    """Requests whose prompts are being prefilled (one left-padded batch, maybe over several
+    steps), and the time of the passes that carried their chunks."""
+
+    def __init__(self, requests: list[Request], device: torch.device) -> None:
+        self.requests = requests  # the head of `EngineCore.waiting`, in order, until complete
+        prompts, self.owners = _prefill_rows(requests)
+        self.prompts = Prompts(prompts, device)
+        self.started = time.time()
+        self.spent = 0.0
+
+
 class EngineCore:
     def __init__(self, loaded: LoadedModel, limits: Limits) -> None:
         self.loaded = loaded
@@ -85,6 +106,7 @@ class EngineCore:
         self.waiting: deque[Request] = deque()
         self.running: dict[str, Request] = {}
         self.batch = BatchState()
+        self._prefill: Prefill | None = None  # under way; its requests are still waiting
         self._joining: tuple[list[Row], BatchCache] | None = None  # prefilled, not in the batch yet
 
     # -- requests -------------------------------------------------------------------------
@@ -102,6 +124,7 @@ class EngineCore:
         for req in self.waiting:
             if req.request_id == request_id:
                 self.waiting.remove(req)
+                self._drop_from_prefill(req)
                 return True
         running = self.running.pop(request_id, None)
         if running is None:
@@ -110,22 +133,33 @@ class EngineCore:
         return True
 
     def abandon_pass(self) -> set[str]:
-        """After a pass failed: drop the batch; the running requests (the pass's newly admitted
-        ones included) are returned, still running, for the caller to end."""
-        self._joining = None
+        """After a pass failed: drop the batch and the prefill under way; the running requests
+        and those being prefilled are returned, for the caller to end."""
+        prefilling = {req.request_id for req in self._prefill.requests} if self._prefill else set()
+        self._prefill = self._joining = None
         self.batch = BatchState()
-        return set(self.running)
+        return set(self.running) | prefilling
 
     # -- passes ---------------------------------------------------------------------------
 
     def step(self) -> CoreStep | None:
-        """One forward pass and its draws; None when there is nothing to run."""
-        joined = admit(self.waiting, len(self.running), len(self.batch.rows), self.limits)
-        if joined:
-            return self._prefill(joined)
-        if self.batch.rows:
-            return self._decode()
-        return None
+        """One forward pass: a decode step for every running row and a prefill chunk (a new
+        prefill starts when requests wait); None when there is nothing to run."""
+        if self._prefill is None:
+            self._prefill = self._admit()
+        prefill, rows = self._prefill, self.batch.rows
+        if prefill is None and not rows:
+            return None
+        started = time.time()
+        prompts = prefill.prompts if prefill is not None else None
+        decoded, prompted = self.runner.run(self.batch.cache, self.batch.last_tokens(), prompts, self._columns(prompts))
+        step = self._sample(rows, decoded) if decoded is not None else CoreStep([], time.time())
+        step.decoded = list({r.request_id: None for r, _c in rows})
+        if prefill is not None:
+            prefill.spent += time.time() - started
+            if prompted is not None:  # its prompts are complete: first tokens
+                self._complete(prefill, prompted, step)
+        return step
 
     def finish(self, finished: Iterable[Finished]) -> None:
         """The output processor's verdict on the last step: these choices are done."""
@@ -135,39 +169,58 @@ class EngineCore:
                 req.choices[index].finished = True
                 if req.finished:
                     del self.running[rid]
+        self.batch.keep([i for i, (_r, c) in enumerate(self.batch.rows) if not c.finished])
         if self._joining is not None:
             rows, cache = self._joining
             self._joining = None
             self.batch.join(rows, cache, [i for i, (_r, c) in enumerate(rows) if not c.finished])
-        else:
-            self.batch.keep([i for i, (_r, c) in enumerate(self.batch.rows) if not c.finished])
 
-    def _prefill(self, joined: list[Request]) -> CoreStep:
-        for req in joined:
+    def _admit(self) -> Prefill | None:
+        # While rows decode, one chunk's worth of prompts at a time: short prompts share a
+        # chunk, and a request does not wait for a long one admitted with it.
+        budget = self.limits.prefill_chunk if self.batch.rows else None
+        joined = admit(self.waiting, len(self.running), len(self.batch.rows), self.limits, budget)
+        return Prefill(joined, self.runner.device) if joined else None
+
+    def _columns(self, prompts: Prompts | None) -> int:
+        """Prompt columns for this step's pass: a chunk while rows decode, else all that is left."""
+        if prompts is None:
+            return 0
+        if self.batch.rows and self.runner.packs:
+            return max(1, self.limits.prefill_chunk // prompts.rows)
+        return prompts.remaining
+
+    def _complete(self, prefill: Prefill, logits: torch.Tensor, step: CoreStep) -> None:
+        """The prompts are prefilled: their requests run, their first tokens are drawn into
+        ``step``, and their rows join the batch in `finish()`."""
+        self._prefill = None
+        for req in prefill.requests:  # the head of `waiting` (admit takes from there, in order)
+            head = self.waiting.popleft()
+            assert head is req
             self.running[req.request_id] = req
-        started = time.time()
-        prompts, owners = _prefill_rows(joined)
-        logits, cache = self.runner.prefill(prompts)
-        # Fork: one cache row per unfinished choice (n choices of a fresh request share row i).
-        fork = [i for i, (_req, choices) in enumerate(owners) for _ in choices]
+        cache = prefill.prompts.cache()
+        # Fork: one cache row per unfinished choice (n choices of a fresh request share row i);
+        # the rows of requests cancelled during the prefill are left out.
+        live = {id(req) for req in prefill.requests}
+        owners = [(i, req, choices) for i, (req, choices) in enumerate(prefill.owners) if id(req) in live]
+        fork = [i for i, _req, choices in owners for _ in choices]
         cache.keep(fork)
         logits = logits.index_select(0, torch.tensor(fork, device=logits.device))
-        rows = [(req, c) for req, choices in owners for c in choices]
-        elapsed = time.time() - started
+        rows = [(req, c) for _i, req, choices in owners for c in choices]
         self._joining = (rows, cache)
-        step = self._sample(rows, logits)
-        step.admitted = [req.request_id for req in joined]
-        step.prefill_started, step.prefill_s = started, elapsed
-        return step
+        first = self._sample(rows, logits)
+        step.tokens += first.tokens
+        step.failed += first.failed
+        step.admitted = [req.request_id for req in prefill.requests]
+        step.prefill_started, step.prefill_s = prefill.started, prefill.spent
 
-    def _decode(self) -> CoreStep:
-        batch = self.batch
-        assert batch.cache is not None
-        logits = self.runner.decode(batch.cache, batch.last_tokens())
-        decoded = list({r.request_id: None for r, _c in batch.rows})
-        step = self._sample(batch.rows, logits)
-        step.decoded = decoded
-        return step
+    def _drop_from_prefill(self, req: Request) -> None:
+        prefill = self._prefill
+        if prefill is None or not any(r is req for r in prefill.requests):
+            return
+        prefill.requests = [r for r in prefill.requests if r is not req]
+        if not prefill.requests:  # nobody left to prefill for: its cache goes
+            self._prefill = None
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> CoreStep:
         now = time.time()

@@ -172,10 +172,10 @@ class Engine:
     def step(self) -> list[Emission]:
         """One forward pass; returns the records to publish, as ``(request_id, Record)``.
 
-        1. The core runs one pass: the builtin core admits waiting requests (first come, first
-           served) and prefills them, or else decodes one token for every running row; vLLM's
-           core runs one step of its own scheduler.  Out come token ids and raw logprobs per
-           row (`CoreStep`), no text.
+        1. The core runs one pass: the builtin core decodes one token for every running row
+           and, in the same pass, prefills a chunk of the waiting requests it admitted (first
+           come, first served); vLLM's core runs one step of its own scheduler.  Out come token
+           ids and raw logprobs per row (`CoreStep`), no text.
         2. The output processor detokenizes, applies stop tokens, stop strings and length,
            numbers the records (the last one of a request carries its usage) and says which
            choices finished.

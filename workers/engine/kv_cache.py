@@ -116,6 +116,14 @@ class BatchCache:
         self.positions = positions  # (rows,) long: position id of each row's next token
         self.order = list(range(int(mask.shape[0])))
 
+    @classmethod
+    def of_layers(cls, layers: list[GrowableLayer], mask: torch.Tensor, positions: torch.Tensor) -> BatchCache:
+        """A cache of layers filled already (a prompt prefilled in chunks: packed.py)."""
+        cache = cls.__new__(cls)
+        cache.layers, cache.mask, cache.positions = layers, mask, positions
+        cache.order = list(range(int(mask.shape[0])))
+        return cache
+
     @property
     def rows(self) -> int:
         return int(self.mask.shape[0])

@@ -1,4 +1,4 @@
-"""The model, loaded once per worker process, and its two passes: prefill and decode.
+"""The model, loaded once per worker process, and its passes: prefill, decode, and both at once.
 
 Device and dtype are chosen automatically: CUDA with bf16 (fp16 where bf16 is not
 supported) when a GPU is present, else CPU with fp32.
@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from schemas.settings import device as forced_device
 from workers.engine.kv_cache import BatchCache
+from workers.engine.packed import Prompts, packable, packed_forward
 from workers.engine.token_bytes import build_token_bytes
 
 
@@ -76,6 +77,7 @@ class ModelRunner:
         # name); older releases only know the old one.
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.packs = packable(self.model)  # decode rows and a prefill chunk share a pass
         if warmup:
             self.warmup()
 
@@ -85,28 +87,44 @@ class ModelRunner:
         _, cache = self.prefill([[0, 1, 2, 3], [0, 1]])
         for _ in range(2):
             self.decode(cache, [0, 0])
+        prompts = Prompts([[0, 1, 2, 3]], self.device)
+        while prompts.remaining:
+            self.run(cache, [0, 0], prompts, 2)
 
     @torch.inference_mode()
+    def run(
+        self, cache: BatchCache | None, tokens: list[int], prompts: Prompts | None, columns: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One engine step's pass: a token for every row of ``cache`` (decode) and the next
+        ``columns`` columns of ``prompts`` (prefill), packed into one pass (packed.py).
+        Returns the decode rows' logits and, once the prompts are complete, theirs."""
+        if self.packs:
+            return packed_forward(self.model, self._cache_arg, cache, tokens, prompts, columns)
+        # A model that cannot be packed: a decode pass, and the prompts whole in a pass of their own.
+        decoded = self.decode(cache, tokens) if cache is not None else None
+        if prompts is None:
+            return decoded, None
+        assert prompts.done == 0, "unpackable models prefill whole prompts"
+        logits, whole = self._prefill(prompts)
+        prompts.layers, prompts.done = whole.layers, prompts.width
+        return decoded, logits
+
     def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, BatchCache]:
         """One pass over left-padded prompts: next-token logits (k, vocab) and their cache."""
-        width = max(len(p) for p in prompts)
-        ids = torch.zeros((len(prompts), width), dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        return self._prefill(Prompts(prompts, self.device))
+
+    @torch.inference_mode()
+    def _prefill(self, prompts: Prompts) -> tuple[torch.Tensor, BatchCache]:
         cache = DynamicCache()
         out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
+            input_ids=prompts.ids,
+            attention_mask=prompts.mask,
+            position_ids=prompts.positions,
             use_cache=True,
             logits_to_keep=1,
             **{self._cache_arg: cache},
         )
-        return out.logits[:, -1, :], BatchCache(cache, mask, mask.sum(dim=1))
+        return out.logits[:, -1, :], BatchCache(cache, prompts.mask, prompts.mask.sum(dim=1))
 
     @torch.inference_mode()
     def decode(self, cache: BatchCache, tokens: list[int]) -> torch.Tensor:

@@ -1,0 +1,227 @@
+"""One forward pass over the decode rows and a prefill chunk together (chunked prefill).
+
+A forward pass of a small model on CPU costs a fixed ~50 ms (every weight is read once,
+whatever the number of tokens) plus ~1 ms per token: a prefill pass of its own would stall
+every decoding row for a whole pass.  So the decode rows' new tokens and a chunk of the
+joining prompts go through the model as one packed sequence of ``R + k*c`` tokens (batch 1):
+embeddings, linear layers and norms run once over all of them, each token with its own
+position id.  Only attention differs per part, and `_attention` does it in two calls:
+
+- the ``R`` decode tokens, one per row of the batch cache (`BatchCache`, left-padded), each
+  attending to its row's columns and itself, exactly as a decode pass does;
+- the ``k`` prompt rows' chunk of ``c`` columns (left-padded like a whole prefill), attending
+  causally to the columns of earlier chunks and to themselves.
+
+The model's attention layers hand their new keys and values to `_PackedCache.update`, which
+writes each part into its own cache, and then call the attention function named by the
+config: for the pass, that name is swapped for ours (`_PACKED`), and the mask the model would
+build is replaced by a placeholder (a 4-D mask is taken as given; ours builds its own).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from workers.engine.kv_cache import BatchCache, GrowableLayer
+
+_PACKED = "tokenrelay_packed"
+
+
+class Prompts:
+    """Left-padded prompts prefilled over one or more passes: the KV of columns ``[0, done)``
+    is in `layers` (one `GrowableLayer` per model layer, made by the first chunk)."""
+
+    def __init__(self, prompts: list[list[int]], device: torch.device) -> None:
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p) :] = 1
+        self.ids, self.mask = ids.to(device), mask.to(device)
+        self.positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
+        self.done = 0
+        self.layers: list[GrowableLayer] = []
+
+    @property
+    def rows(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.ids.shape[1])
+
+    @property
+    def remaining(self) -> int:
+        return self.width - self.done
+
+    def tokens(self) -> int:
+        """Real (unpadded) prompt tokens."""
+        return int(self.mask.sum())
+
+    def cache(self) -> BatchCache:
+        """The finished prompts' KV as a batch cache (no copy)."""
+        assert self.remaining == 0
+        return BatchCache.of_layers(self.layers, self.mask, self.mask.sum(dim=1))
+
+
+class _Pack:
+    """What one packed pass needs at every layer: where each part's keys go and its masks."""
+
+    def __init__(self, cache: BatchCache | None, prompts: Prompts | None, columns: int) -> None:
+        self.cache, self.prompts = cache, prompts
+        self.decode_rows = cache.rows if cache is not None else 0
+        self.decode_mask: torch.Tensor | None = None
+        self.chunk_mask: torch.Tensor | None = None
+        self.start = self.stop = 0
+        if cache is not None:
+            # Each row sees its real columns and the new token (rows, 1, 1, T+1).
+            mask = torch.cat([cache.mask, cache.mask.new_ones((cache.rows, 1))], dim=1)
+            self.decode_mask = mask.bool()[:, None, None, :]
+        if prompts is not None:
+            self.start, self.stop = prompts.done, min(prompts.width, prompts.done + columns)
+            self.chunk_mask = _chunk_mask(prompts.mask[:, : self.stop].bool(), self.start)
+
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        r = self.decode_rows
+        if self.cache is not None:  # (1, H, R, d) -> one new column per row (R, H, 1, d)
+            self.cache.layers[layer].update(
+                keys[0, :, :r, None].transpose(0, 1), values[0, :, :r, None].transpose(0, 1)
+            )
+        if self.prompts is not None:  # (1, H, k*c, d) -> (k, H, c, d)
+            k, c = self.prompts.rows, self.stop - self.start
+            pk = keys[0, :, r:].unflatten(1, (k, c)).transpose(0, 1)
+            pv = values[0, :, r:].unflatten(1, (k, c)).transpose(0, 1)
+            if self.start == 0:
+                self.prompts.layers.append(GrowableLayer(pk, pv))
+            else:
+                self.prompts.layers[layer].update(pk, pv)
+
+    def attend(self, module: Any, query: torch.Tensor, scaling: float | None) -> torch.Tensor:
+        """Both parts' attention output, packed again: (1, R + k*c, heads, head_dim)."""
+        layer, r, q = module.layer_idx, self.decode_rows, query[0]
+        parts = []
+        if self.cache is not None:
+            kv = self.cache.layers[layer]
+            out, _ = sdpa_attention_forward(
+                module, q[:, :r, None].transpose(0, 1), kv.k_view, kv.v_view, self.decode_mask, scaling=scaling
+            )
+            parts.append(out.flatten(0, 1))
+        if self.prompts is not None:
+            k, c = self.prompts.rows, self.stop - self.start
+            kv = self.prompts.layers[layer]
+            qc = q[:, r:].unflatten(1, (k, c)).transpose(0, 1)
+            out, _ = sdpa_attention_forward(module, qc, kv.k_view, kv.v_view, self.chunk_mask, scaling=scaling)
+            parts.append(out.flatten(0, 1))
+        return torch.cat(parts)[None]
+
+
+def _chunk_mask(real: torch.Tensor, start: int) -> torch.Tensor:
+    """(k, 1, c, start + c): query column ``start + i`` sees the real columns up to itself.  A
+    padding query that sees nothing at all sees everything instead: its output is never used,
+    but it must stay finite (SDPA gives NaN for a row of nothing, and NaN spreads)."""
+    stop = real.shape[1]
+    queries = torch.arange(start, stop, device=real.device)[:, None]
+    causal = torch.arange(stop, device=real.device)[None, :] <= queries  # (c, stop)
+    mask = causal[None] & real[:, None, :]
+    mask |= ~mask.any(dim=-1, keepdim=True)
+    return mask[:, None]
+
+
+_active: contextvars.ContextVar[_Pack | None] = contextvars.ContextVar("tokenrelay_pack", default=None)
+
+
+def _attention(module: Any, query: torch.Tensor, key: Any, value: Any, mask: Any, **kwargs: Any) -> tuple[Any, None]:
+    pack = _active.get()
+    assert pack is not None, "the packed attention runs only inside packed_forward"
+    return pack.attend(module, query, kwargs.get("scaling")), None
+
+
+AttentionInterface.register(_PACKED, _attention)
+
+
+class _PackedCache(DynamicCache):
+    """Hands each layer's new keys and values to the pack (they go to two caches)."""
+
+    def __init__(self, pack: _Pack) -> None:
+        super().__init__()
+        self.pack = pack
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> Any:
+        self.pack.store(layer_idx, key_states, value_states)
+        return key_states, value_states  # unused: `_attention` reads the two caches
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+
+def packable(model: Any) -> bool:
+    """Whether `packed_forward` is right for this model: every layer attends to the whole
+    context (no sliding windows: `_attention` builds full causal masks)."""
+    config = model.config
+    types = getattr(config, "layer_types", None) or ["full_attention"]
+    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    return all(t == "full_attention" for t in types) and not sliding
+
+
+@contextmanager
+def _packed_attention(model: Any, pack: _Pack) -> Iterator[None]:
+    config = model.config
+    original = config._attn_implementation
+    token = _active.set(pack)
+    config._attn_implementation = _PACKED
+    try:
+        yield
+    finally:
+        config._attn_implementation = original
+        _active.reset(token)
+
+
+def packed_forward(
+    model: Any, cache_arg: str, cache: BatchCache | None, tokens: list[int], prompts: Prompts | None, columns: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One pass: a new token for every row of ``cache`` (``tokens``, in the engine's row order)
+    and the next ``columns`` columns of ``prompts``.  Returns the decode rows' logits (engine
+    order) and, once the prompts are complete, each prompt row's next-token logits."""
+    pack = _Pack(cache, prompts, columns)
+    device = next(model.parameters()).device
+    ids, positions = [], []
+    if cache is not None:  # the cache's rows are in their own order (kv_cache.py)
+        ids.append(torch.tensor(cache.physical(tokens), dtype=torch.long, device=device))
+        positions.append(cache.positions)
+    if prompts is not None:
+        ids.append(prompts.ids[:, pack.start : pack.stop].flatten())
+        positions.append(prompts.positions[:, pack.start : pack.stop].flatten())
+    r = pack.decode_rows
+    completes = prompts is not None and pack.stop == prompts.width
+    keep = list(range(r))  # only these tokens need logits (the lm head is a quarter of the model)
+    if completes:
+        c = pack.stop - pack.start
+        keep += [r + (row + 1) * c - 1 for row in range(prompts.rows)]  # type: ignore[union-attr]
+    with _packed_attention(model, pack):
+        out = model(
+            input_ids=torch.cat(ids)[None],
+            position_ids=torch.cat(positions)[None],
+            attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device),  # a placeholder
+            use_cache=True,
+            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=device),
+            **{cache_arg: _PackedCache(pack)},
+        )
+    logits = out.logits[0]
+    decoded = None
+    if cache is not None:
+        cache.append_step()
+        decoded = cache.logical(logits[:r])
+    if prompts is not None:
+        prompts.done = pack.stop
+    return decoded, (logits[r:] if completes else None)
