@@ -9,8 +9,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import uvicorn
 from fastapi import FastAPI
@@ -34,7 +34,14 @@ def make_app(redis_url: str) -> FastAPI:
             shared["producer"] = Producer(redis_url, redis_url)
         return shared["producer"]  # type: ignore[return-value]
 
-    app = FastAPI()
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        made = shared.get("reader")
+        if isinstance(made, AsyncStreamReader):  # its connections, before the loop closes
+            await made.aclose()
+
+    app = FastAPI(lifespan=lifespan)
     app.include_router(batches.router(producer, reader))
     app.include_router(dashboard.router(reader))
     return app
@@ -49,7 +56,10 @@ def free_port() -> int:
 @contextmanager
 def serve(redis_url: str) -> Iterator[str]:
     port = free_port()
-    config = uvicorn.Config(make_app(redis_url), host="127.0.0.1", port=port, log_level="warning")
+    # The plain asyncio loop, not uvloop (installed beside vLLM): when this in-test server stops,
+    # uvloop reports the browser's still-open keep-alive sockets as unclosed resources, which
+    # pytest's filterwarnings=error turns into errors of whatever test runs next.
+    config = uvicorn.Config(make_app(redis_url), host="127.0.0.1", port=port, log_level="warning", loop="asyncio")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
