@@ -34,6 +34,7 @@ SCENARIOS = {
     11: "s11_dashboard",
     12: "s12_load_sweep",
     13: "s13_scaleout",
+    14: "s14_engines",
 }
 
 

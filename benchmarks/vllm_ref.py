@@ -102,7 +102,8 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def server_args(model_dir: str, python: str, port: int) -> list[str]:
+def server_args(model_dir: str, python: str, port: int, extra: Sequence[str] = ()) -> list[str]:
+    """The server's command line; ``extra``: more of vLLM's flags, e.g. ``--enforce-eager``."""
     return [
         python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", model_dir,
@@ -112,6 +113,7 @@ def server_args(model_dir: str, python: str, port: int) -> list[str]:
         "--dtype", "float32",
         "--max-model-len", "2048",
         "--disable-uvicorn-access-log",
+        *extra,
     ]  # fmt: skip
 
 
@@ -143,7 +145,9 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
 
 
 @contextmanager
-def vllm_server(model_dir: str, python: str, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
+def vllm_server(
+    model_dir: str, python: str, startup_timeout_s: float = STARTUP_TIMEOUT_S, extra_args: Sequence[str] = ()
+) -> Iterator[str]:
     """vLLM's OpenAI-compatible server on a free loopback port, in its own process group;
     yields its base URL (``http://127.0.0.1:PORT``) once ``/health`` answers 200."""
     port = _free_port()
@@ -152,7 +156,7 @@ def vllm_server(model_dir: str, python: str, startup_timeout_s: float = STARTUP_
     log = Path(name)
     with os.fdopen(fd, "wb") as out:
         proc = subprocess.Popen(
-            server_args(model_dir, python, port),
+            server_args(model_dir, python, port, extra_args),
             env=server_env(),
             stdin=subprocess.DEVNULL,
             stdout=out,
