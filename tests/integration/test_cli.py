@@ -180,6 +180,12 @@ def test_unreachable_redis_exits_3(worker: WorkerProcess) -> None:
     assert proc.returncode == 3 and proc.stderr.startswith("error: "), proc.stderr
 
 
+def test_worker_with_an_unknown_model_exits_2_in_one_line(url: str) -> None:
+    proc = cli(url, "worker", "--model", "/no/such/model")
+    assert proc.returncode == 2, proc.stderr
+    assert "/no/such/model" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.slow
 def test_demo_end_to_end() -> None:
     """The real thing: embedded server, SmolLM2, worker, producer, reader; nothing else running."""
