@@ -230,6 +230,7 @@ def run(ctx: Context) -> list[Row]:
     engine_args = [f"--engine-arg={k}={str(v).lower()}" for k, v in args.items()]
     tokens, repeats, runs = shape(ctx.quick)
     builtin = measure_engine(ctx, "builtin engine", ["--engine", "builtin"])
+    builtin_one = measure_engine(ctx, "builtin engine --threads 1", ["--engine", "builtin", "--threads", "1"])
     vllm = measure_engine(ctx, "vLLM engine", ["--engine", "vllm", *engine_args])
     # The same worker on one torch thread, as vLLM's own engine core runs its model (see the
     # module docstring): what the in-process engine gains from vLLM's CPU thread setup.
@@ -237,10 +238,10 @@ def run(ctx: Context) -> list[Row]:
     offline = measure_offline(ctx, args)
     server = measure_server(ctx, args)
     same = vllm.token_ids == offline.token_ids
-    sides = (builtin, vllm, one_thread, offline, server)
+    sides = (builtin, builtin_one, vllm, one_thread, offline, server)
     loads = ", ".join(f"{f.label} {f.load:.2f}" for f in sides if f is not None)
     starts = ", ".join(f"{f.label} {f.startup_s:.0f} s" for f in sides if f and f.startup_s is not None)
-    offline_label, server_label, builtin_label = "vLLM offline", "vLLM server", "builtin engine"
+    offline_label = "vLLM offline"
     rows = [
         Row(
             NAME,
@@ -280,107 +281,48 @@ def run(ctx: Context) -> list[Row]:
             one_thread.many_tps,
             offline.many_tps,
             "tok/s",
-            note=f"TTFT p50 unloaded {_fmt_ms(one_thread.ttft_ms)}, Poisson {_fmt(one_thread.poisson_tps)} tok/s, "
-            f"TTFT p50/p99 {_fmt_ms(one_thread.poisson_p50_ms)}/{_fmt_ms(one_thread.poisson_p99_ms)}",
             ref_label=offline_label,
         ),
     ]
     if server is not None:
-        rows += [
-            Row(
-                NAME,
-                f"vLLM engine / vLLM server: TTFT p50 unloaded ({runs} runs)",
-                vllm.ttft_ms,
-                server.ttft_ms,
-                "ms",
-                ref_label=server_label,
-            ),
-            Row(
-                NAME,
-                "vLLM engine / vLLM server: Poisson tok/s",
-                vllm.poisson_tps,
-                server.poisson_tps,
-                "tok/s",
-                ref_label=server_label,
-            ),
-            Row(
-                NAME,
-                "vLLM engine / vLLM server: Poisson TTFT p50",
-                vllm.poisson_p50_ms,
-                server.poisson_p50_ms,
-                "ms",
-                ref_label=server_label,
-            ),
-            Row(
-                NAME,
-                "vLLM engine / vLLM server: Poisson TTFT p99",
-                vllm.poisson_p99_ms,
-                server.poisson_p99_ms,
-                "ms",
-                ref_label=server_label,
-            ),
-        ]
+        rows += against_server(vllm, server, runs, "")
+        rows += against_server(one_thread, server, runs, " --threads 1")
+    rows += side_by_side(vllm, builtin, tokens, "")
+    rows += side_by_side(one_thread, builtin_one, tokens, " --threads 1")
     gaps, lengths = arrivals(ctx.quick)
-    rows += [
-        Row(
-            NAME,
-            f"vLLM engine / builtin engine: 1 stream tok/s ({tokens} tok)",
-            vllm.one_tps,
-            builtin.one_tps,
-            "tok/s",
-            ref_label=builtin_label,
-        ),
-        Row(
-            NAME,
-            f"vLLM engine / builtin engine: {STREAMS} streams tok/s",
-            vllm.many_tps,
-            builtin.many_tps,
-            "tok/s",
-            ref_label=builtin_label,
-        ),
-        Row(
-            NAME,
-            "vLLM engine / builtin engine: TTFT p50 unloaded",
-            vllm.ttft_ms,
-            builtin.ttft_ms,
-            "ms",
-            ref_label=builtin_label,
-        ),
-        Row(
-            NAME,
-            "vLLM engine / builtin engine: Poisson tok/s",
-            vllm.poisson_tps,
-            builtin.poisson_tps,
-            "tok/s",
-            ref_label=builtin_label,
-            note=f"{len(gaps)} requests over {sum(gaps):.1f} s, offered {sum(lengths) / sum(gaps):.0f} tok/s",
-        ),
-        Row(
-            NAME,
-            "vLLM engine / builtin engine: Poisson TTFT p50",
-            vllm.poisson_p50_ms,
-            builtin.poisson_p50_ms,
-            "ms",
-            ref_label=builtin_label,
-        ),
-        Row(
-            NAME,
-            "vLLM engine / builtin engine: Poisson TTFT p99",
-            vllm.poisson_p99_ms,
-            builtin.poisson_p99_ms,
-            "ms",
-            ref_label=builtin_label,
-        ),
-    ]
+    rows[-3].note = f"{len(gaps)} requests over {sum(gaps):.1f} s, offered {sum(lengths) / sum(gaps):.0f} tok/s"
     return rows
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def against_server(vllm: Figures, server: Figures, runs: int, flags: str) -> list[Row]:
+    """The vLLM engine through the pipeline against vLLM's OpenAI server (informational)."""
+    pairs = [
+        (f"TTFT p50 unloaded ({runs} runs)", vllm.ttft_ms, server.ttft_ms, "ms"),
+        ("Poisson tok/s", vllm.poisson_tps, server.poisson_tps, "tok/s"),
+        ("Poisson TTFT p50", vllm.poisson_p50_ms, server.poisson_p50_ms, "ms"),
+        ("Poisson TTFT p99", vllm.poisson_p99_ms, server.poisson_p99_ms, "ms"),
+    ]
+    return [
+        Row(NAME, f"vLLM engine{flags} / vLLM server: {metric}", mine, theirs, unit, ref_label="vLLM server")
+        for metric, mine, theirs, unit in pairs
+    ]
 
 
-def _fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f} ms"
+def side_by_side(vllm: Figures, builtin: Figures, tokens: int, flags: str) -> list[Row]:
+    """The vLLM engine (pipeline column) against the builtin engine (reference column)."""
+    label = f"vLLM engine / builtin engine{flags}"
+    pairs = [
+        (f"1 stream tok/s ({tokens} tok)", vllm.one_tps, builtin.one_tps, "tok/s"),
+        (f"{STREAMS} streams tok/s", vllm.many_tps, builtin.many_tps, "tok/s"),
+        ("TTFT p50 unloaded", vllm.ttft_ms, builtin.ttft_ms, "ms"),
+        ("Poisson tok/s", vllm.poisson_tps, builtin.poisson_tps, "tok/s"),
+        ("Poisson TTFT p50", vllm.poisson_p50_ms, builtin.poisson_p50_ms, "ms"),
+        ("Poisson TTFT p99", vllm.poisson_p99_ms, builtin.poisson_p99_ms, "ms"),
+    ]
+    return [
+        Row(NAME, f"{label}: {metric}", mine, theirs, unit, ref_label=f"builtin engine{flags}")
+        for metric, mine, theirs, unit in pairs
+    ]
 
 
 def _at_least(value: float | None, reference: float | None, goal: float) -> bool | None:
