@@ -8,7 +8,8 @@ tokens each.  For each prefill chunk setting (``off``: a chunk larger than any p
 prompt is prefilled in one go; ``default``: `Limits()` as it is, e.g. on an older checkout)
 it prints the running streams' inter-token latency p50/p99 while the arrivals come, the same
 in a quiet window before them (plain decode steps), the arrivals' TTFT and the tokens/s of the
-window.  Settings alternate round by round, so a busy machine hurts them alike.
+window.  Settings alternate round by round, so a busy machine hurts them alike; on a machine
+busy with other work, ``--cpu-clock`` times the run in its own CPU time (one thread).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,9 @@ TEXT = (
     "climbed its spiral stairs every evening to light the lamp. He knew every ship that passed, every storm "
     "that came in from the west, and every gull that nested on the gallery rail. "
 )
+
+
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -56,14 +61,16 @@ def make_trace(loaded: LoadedModel, n: int, mean_gap_s: float, seed: int = 1234)
     return out
 
 
-def run(loaded: LoadedModel, chunk: int | None, trace: list[Arrival], streams: int, quiet_s: float) -> dict[str, float]:
+def run(
+    loaded: LoadedModel, chunk: int | None, trace: list[Arrival], streams: int, quiet_s: float, clock: Clock
+) -> dict[str, float]:
     engine = Engine(loaded, Limits() if chunk is None else Limits(prefill_chunk=chunk))
     times: dict[str, list[float]] = defaultdict(list)
     core_step = engine.core.step
 
     def timed() -> Any:
         produced = core_step()
-        now = time.perf_counter()
+        now = clock()
         for rid, _index, _sampled in produced.tokens if produced is not None else ():
             times[rid].append(now)
         return produced
@@ -75,20 +82,20 @@ def run(loaded: LoadedModel, chunk: int | None, trace: list[Arrival], streams: i
         )
     while min((len(times[f"s{i}"]) for i in range(streams)), default=0) < 4:
         engine.step()
-    quiet_start = time.perf_counter()
-    while time.perf_counter() - quiet_start < quiet_s:
+    quiet_start = clock()
+    while clock() - quiet_start < quiet_s:
         engine.step()
-    start = time.perf_counter()
+    start = clock()
     pending, added, done = list(trace), dict[str, float](), set[str]()
     while pending or len(done) < len(trace):
-        now = time.perf_counter()
+        now = clock()
         while pending and pending[0].at <= now - start:
             a = pending.pop(0)
             rid = f"a{len(added)}"
             engine.add(rid, prompt=a.prompt, config=GenerationConfig(max_tokens=16, temperature=0.0, ignore_eos=True))
             added[rid] = now
         done.update(rid for rid, rec in engine.step() if rec.usage is not None)
-    end = time.perf_counter()
+    end = clock()
 
     def gaps(lo: float, hi: float) -> list[float]:
         return [
@@ -121,7 +128,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arrivals", type=int, default=10)
     parser.add_argument("--mean-gap", type=float, default=1.5, help="seconds between arrivals, on average")
     parser.add_argument("--quiet", type=float, default=3.0, help="seconds of plain decoding measured first")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--cpu-clock",
+        action="store_true",
+        help="time everything (arrivals too) in this thread's CPU time, with one torch thread: what the run "
+        "would take with a core of its own, on a machine busy with other work",
+    )
     args = parser.parse_args(argv)
+    if args.threads or args.cpu_clock:  # on a busy machine one thread is steadier (no team waiting for a core)
+        torch.set_num_threads(1 if args.cpu_clock else args.threads)
+    clock = time.thread_time if args.cpu_clock else time.perf_counter
     loaded = load_model("smollm2", str(ensure_smollm2()))
     trace = make_trace(loaded, args.arrivals, args.mean_gap)
     settings = {c: None if c == "default" else 10**9 if c == "off" else int(c) for c in args.chunks.split(",")}
@@ -130,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'chunk':>8} " + " ".join(f"{h:>7}" for h in heads))
     for _round in range(args.repeat):
         for name, chunk in settings.items():
-            r = run(loaded, chunk, trace, args.streams, args.quiet)
+            r = run(loaded, chunk, trace, args.streams, args.quiet, clock)
             print(
                 f"{name:>8} {r['quiet_p50']:7.0f} {r['itl_p50']:7.0f} {r['itl_p99']:7.0f} {r['itl_max']:7.0f}"
                 f" {r['itl_p99'] / r['itl_p50']:7.2f} {r['ttft_p50']:7.0f} {r['ttft_p99']:7.0f} {r['tok_s']:6.1f}",

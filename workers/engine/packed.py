@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import DynamicCache
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from workers.engine.kv_cache import BatchCache, GrowableLayer
 
@@ -111,17 +110,31 @@ class _Pack:
         parts = []
         if self.cache is not None:
             kv = self.cache.layers[layer]
-            out, _ = sdpa_attention_forward(
-                module, q[:, :r, None].transpose(0, 1), kv.k_view, kv.v_view, self.decode_mask, scaling=scaling
-            )
+            out = _attention_of(q[:, :r, None].transpose(0, 1), kv.k_view, kv.v_view, self.decode_mask, scaling)
             parts.append(out.flatten(0, 1))
         if self.prompts is not None:
             k, c = self.prompts.rows, self.stop - self.start
             kv = self.prompts.layers[layer]
             qc = q[:, r:].unflatten(1, (k, c)).transpose(0, 1)
-            out, _ = sdpa_attention_forward(module, qc, kv.k_view, kv.v_view, self.chunk_mask, scaling=scaling)
-            parts.append(out.flatten(0, 1))
+            parts.append(_attention_of(qc, kv.k_view, kv.v_view, self.chunk_mask, scaling).flatten(0, 1))
         return torch.cat(parts)[None]
+
+
+def _attention_of(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scaling: float | None
+) -> torch.Tensor:
+    """SDPA of queries (b, heads, n, d) over keys and values (b, kv_heads, t, d) with a bool mask
+    (b, 1, n, t); out (b, n, heads, d).  The ``g`` query heads that share a key head (GQA) become
+    ``g`` times as many queries of that head, instead of copying the keys and values ``g``
+    times as transformers does whenever there is a mask (``repeat_kv``: at a few hundred
+    columns that copy costs more than the attention itself)."""
+    b, heads, n, d = query.shape
+    g = heads // keys.shape[1]
+    q = query.reshape(b, keys.shape[1], g * n, d)  # head h = kv_head * g + j: its query i at j * n + i
+    if mask is not None and n > 1:
+        mask = mask.repeat(1, 1, g, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
+    return out.reshape(b, heads, n, d).transpose(1, 2)
 
 
 def _chunk_mask(real: torch.Tensor, start: int) -> torch.Tensor:

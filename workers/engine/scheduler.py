@@ -19,7 +19,7 @@ __all__ = ["EngineFull", "Limits", "admit"]
 class Limits:
     max_running: int = 64  # requests decoding at once (benchmark 12: throughput grows to ~64 rows on CPU)
     max_batch_rows: int = 64  # rows (one per choice) in the decode batch
-    max_batch_tokens: int = 2048  # prompt tokens in one prefill pass
+    max_batch_tokens: int = 2048  # prompt tokens prefilled in one pass while no row decodes
     max_queued: int = 256  # requests waiting to be admitted; beyond that `EngineFull`
     # Prompt tokens prefilled per step while rows decode (chunked prefill, core.py); each
     # costs the decoding rows ~1 ms of inter-token latency on CPU (README, "load sweep").
