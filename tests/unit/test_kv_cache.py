@@ -88,3 +88,22 @@ def test_a_row_leaving_from_the_middle_moves_one_row_not_the_cache() -> None:
     assert batch.layers[0]._k is buffer  # no new buffer: the hole was filled in place
     assert batch.order == [0, 1, 3, 4, 2]  # the last row moved into row 2
     check(batch, [real[i] for i in (0, 1, 3, 4, 5)])
+
+
+def test_a_longer_prompt_joining_and_the_longest_row_leaving_move_no_running_row() -> None:
+    rng = random.Random(3)
+    batch, real = fresh([3] * 4, rng)
+    other, their = fresh([5], rng)
+    batch.extend(other)  # the first one makes room on the left (and spare rows)
+    real += their
+    buffer = batch.layers[0]._k
+    longer, theirs = fresh([9], rng)
+    batch.extend(longer)  # widens into the room on the left: zeros written, no row moved
+    real += theirs
+    assert batch.layers[0]._k is buffer and batch.length == 9
+    check(batch, real)
+    batch.keep([0, 1, 2, 3, 4])  # the 9-token row leaves: 4 columns are padding everywhere
+    assert batch.layers[0]._k is buffer and batch.length == 5
+    check(batch, real[:5])
+    decode_step(batch, real := real[:5])
+    check(batch, real)

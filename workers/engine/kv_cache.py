@@ -4,20 +4,22 @@ Rows are left-padded to one length ``T``: row ``r``'s real tokens sit at the rig
 its columns and ``mask[r]`` marks them.  Each row carries its own position ids, so RoPE
 sees every row's true positions whatever its padding.
 
-Each layer keeps keys and values in a buffer with spare rows and spare columns and hands the
-model views of the filled part, so that the common changes copy only what changes:
+Each layer keeps keys and values in a buffer with spare rows and spare columns on both sides
+and hands the model views of the filled part, so that the common changes copy only what changes:
 
 - a decode step appends one column in place (``DynamicCache`` concatenates, which copies all
   ``T`` columns of every layer per step); columns grow geometrically when full;
 - a row that leaves is filled by the last row (one row copied), so the buffer's rows are in
   their own order: ``order[j]`` is where the engine's row ``j`` sits, and the decode pass
   scatters its tokens into that order and gathers the logits back (`physical`, `logical`);
-- a row that joins with a prompt no longer than ``T`` is written into a spare row, left-padded.
+- a row that joins is written into a spare row, left-padded; a prompt longer than ``T`` first
+  widens every row into the spare columns on the left (zeros written, nothing moved);
+- columns that became padding in every row (the longest rows left) are dropped by starting
+  the views later.
 
 At 64 rows and a few hundred columns the whole cache is around a gigabyte on CPU (fp32), and a
-whole-cache copy costs 0.1-0.3 s: more than a decode step.  Only a joining prompt longer than
-``T``, a fork (``n`` choices) or a reordering copies everything; columns that became padding
-in every row are trimmed only when they are half of ``T`` (trimming shifts every row).
+whole-cache copy costs 0.1-0.3 s: more than a decode step.  Only a fork (``n`` choices), a
+reordering or running out of spare rows or columns (geometric growth) copies everything.
 """
 
 from __future__ import annotations
@@ -32,38 +34,49 @@ _SPARE_ROWS = 8  # spare rows allocated at least when rows join
 
 
 class GrowableLayer(DynamicLayer):
+    """One layer's keys and values: buffers with spare rows, spare columns on the right (for
+    decode steps) and on the left (for a longer prompt joining); the filled part is columns
+    ``[start, start + len)`` of the first ``rows`` rows."""
+
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
         self.dtype, self.device = keys.dtype, keys.device
         self.is_initialized = True
         self._set(keys, values)
 
-    def _set(self, keys: torch.Tensor, values: torch.Tensor, spare: int = _GROW, spare_rows: int = 0) -> None:
+    def _set(
+        self, keys: torch.Tensor, values: torch.Tensor, spare: int = _GROW, spare_rows: int = 0, left: int = 0
+    ) -> None:
         # Zero-filled: masked columns are still multiplied by the queries, and leftovers must
         # be finite (NaN * 0 weight is still NaN).
         b, h, t, d = keys.shape
-        self._k = keys.new_zeros((b + spare_rows, h, t + spare, d))
-        self._v = values.new_zeros((b + spare_rows, values.shape[1], t + spare, values.shape[3]))
-        self._k[:b, :, :t] = keys
-        self._v[:b, :, :t] = values
-        self._rows, self._len = b, t
+        self._k = keys.new_zeros((b + spare_rows, h, left + t + spare, d))
+        self._v = values.new_zeros((b + spare_rows, values.shape[1], left + t + spare, values.shape[3]))
+        self._k[:b, :, left : left + t] = keys
+        self._v[:b, :, left : left + t] = values
+        self._rows, self._start, self._len = b, left, t
         self._expose()
 
     def _expose(self) -> None:
         # Views of the filled part; ``keys``/``values`` are what transformers reads.
-        self.k_view = self._k[: self._rows, :, : self._len]
-        self.v_view = self._v[: self._rows, :, : self._len]
+        self.k_view = self._k[: self._rows, :, self._start : self._start + self._len]
+        self.v_view = self._v[: self._rows, :, self._start : self._start + self._len]
         self.keys, self.values = self.k_view, self.v_view
+
+    def _spare(self) -> tuple[int, int]:
+        """Spare columns on the right and spare rows."""
+        return self._k.shape[2] - self._start - self._len, self._k.shape[0] - self._rows
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = key_states.shape[-2]
-        if self._len + n > self._k.shape[2]:
+        if n > self._spare()[0]:
             spare = max(_GROW, n, self._len // 2)  # geometric: a full copy every ~T/2 steps, not every 64
-            self._set(self.k_view, self.v_view, spare=spare, spare_rows=self._k.shape[0] - self._rows)
-        self._k[: self._rows, :, self._len : self._len + n] = key_states
-        self._v[: self._rows, :, self._len : self._len + n] = value_states
+            self._set(self.k_view, self.v_view, spare, self._spare()[1], self._start)
+        end = self._start + self._len
+        self._k[: self._rows, :, end : end + n] = key_states
+        self._v[: self._rows, :, end : end + n] = value_states
         self._len += n
         self._expose()
         return self.k_view, self.v_view
@@ -83,10 +96,29 @@ class GrowableLayer(DynamicLayer):
             v = torch.nn.functional.pad(v, (0, 0, left_pad, 0))
         self._set(k, v)
 
+    def trim(self, columns: int) -> None:
+        """Drop ``columns`` leading columns (padding in every row): the view starts later."""
+        self._start += columns
+        self._len -= columns
+        self._expose()
+
+    def widen(self, columns: int) -> None:
+        """Add ``columns`` columns of padding on the left of every row: into the spare columns
+        there, so that a longer prompt joining copies no running row (unless they ran out)."""
+        if columns > self._start:
+            spare, spare_rows = self._spare()
+            self._set(self.k_view, self.v_view, spare, spare_rows, left=max(_GROW, columns, self._len // 2))
+        self._start -= columns
+        self._k[: self._rows, :, self._start : self._start + columns] = 0
+        self._v[: self._rows, :, self._start : self._start + columns] = 0
+        self._len += columns
+        self._expose()
+
     def move_row(self, source: int, target: int) -> None:
         """Row ``source`` (the last) fills row ``target``, and the last row goes."""
-        self._k[target, :, : self._len] = self._k[source, :, : self._len]
-        self._v[target, :, : self._len] = self._v[source, :, : self._len]
+        cols = slice(self._start, self._start + self._len)
+        self._k[target, :, cols] = self._k[source, :, cols]
+        self._v[target, :, cols] = self._v[source, :, cols]
 
     def truncate(self, rows: int) -> None:
         self._rows = rows
@@ -95,13 +127,14 @@ class GrowableLayer(DynamicLayer):
     def add_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Append rows whose (left-padded) columns are no more than ours: right-aligned."""
         k, t = keys.shape[0], keys.shape[2]
-        if self._rows + k > self._k.shape[0]:
+        if k > self._spare()[1]:
             spare_rows = max(_SPARE_ROWS, k, self._rows // 2)
-            self._set(self.k_view, self.v_view, spare=self._k.shape[2] - self._len, spare_rows=spare_rows)
+            self._set(self.k_view, self.v_view, self._spare()[0], spare_rows, self._start)
+        pad, end = self._start + self._len - t, self._start + self._len
         for buf, new in ((self._k, keys), (self._v, values)):
             target = buf[self._rows : self._rows + k]
-            target[:, :, : self._len - t] = 0  # what an earlier row left there: zeros, as padding
-            target[:, :, self._len - t : self._len] = new
+            target[:, :, self._start : pad] = 0  # what an earlier row left there: zeros, as padding
+            target[:, :, pad:end] = new
         self._rows += k
         self._expose()
 
@@ -166,8 +199,12 @@ class BatchCache:
         """Keep only the engine's ``rows`` (in that order; a row may repeat, to fork choices)."""
         kept = [self.order[i] for i in rows]
         trim = _leading_padding(self.mask.index_select(0, torch.tensor(kept, dtype=torch.long)))
-        if _ascending(rows) and 2 * trim < self.length:
+        if _ascending(rows):
             self._remove(kept)  # rows leaving: each hole is filled by the last row
+            if trim:  # columns that became padding in every row: the views start later
+                for layer in self.layers:
+                    layer.trim(trim)
+                self.mask = self.mask[:, trim:]
             return
         idx = torch.tensor(kept, dtype=torch.long, device=self.mask.device)
         for layer in self.layers:
@@ -186,12 +223,10 @@ class BatchCache:
         if other.length <= self.length:  # the usual case: a short prompt joins a running batch
             for mine, theirs in zip(self.layers, other.layers, strict=True):
                 mine.add_rows(theirs.k_view.index_select(0, theirs_idx), theirs.v_view.index_select(0, theirs_idx))
-        else:  # a longer prompt: every running row gets padded on the left
+        else:  # a longer prompt: every running row gets padding on the left
             for mine, theirs in zip(self.layers, other.layers, strict=True):
-                mine.reshape(None, t - self.length, 0)
-                k, v = theirs.k_view.index_select(0, theirs_idx), theirs.v_view.index_select(0, theirs_idx)
-                k, v = pad(k, (0, 0, t - other.length, 0)), pad(v, (0, 0, t - other.length, 0))
-                mine._set(torch.cat([mine.k_view, k]), torch.cat([mine.v_view, v]))
+                mine.widen(t - self.length)
+                mine.add_rows(theirs.k_view.index_select(0, theirs_idx), theirs.v_view.index_select(0, theirs_idx))
         their_mask = other.mask.index_select(0, theirs_idx)
         self.mask = torch.cat([pad(self.mask, (t - self.length, 0)), pad(their_mask, (t - other.length, 0))])
         self.positions = torch.cat([self.positions, other.positions.index_select(0, theirs_idx)])
