@@ -109,7 +109,9 @@ def test_disconnect_from_a_non_streaming_call_cancels(smol_stack: Stack) -> None
         assert rid is not None
         result = smol_stack.reader.result(rid, timeout_s=30)
         assert result.finish_reason == "cancelled"
-        assert result.usage is not None and 0 < result.usage.completion_tokens < 2000
+        # Cancelled before its end; on a loaded machine maybe before its first token (seen in CI:
+        # queued for 4 s, longer than the client's patience), which is a cancel all the same.
+        assert result.usage is not None and result.usage.completion_tokens < 2000
         wait_status(http, rid, "cancelled")
 
 
