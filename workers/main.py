@@ -76,6 +76,10 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
 
     def build_engine() -> Engine:
         threads = torch_threads(opts.threads)
+        if threads is None and kind == "vllm":
+            from workers.engine.vllm_core import default_threads
+
+            threads = default_threads()
         if threads:
             import torch
 

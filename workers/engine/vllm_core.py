@@ -99,6 +99,20 @@ def load_vllm(name: str, path: str, limits: Limits, engine_args: Mapping[str, An
     return VllmCore(llm, _text_side(name, path, llm), limits, _kv_cache_bytes(llm))
 
 
+def default_threads() -> int | None:
+    """Torch threads for vLLM on the CPU when the user sets none: one per core but one.
+
+    vLLM's CPU setup (OpenMP threads bound to cores, one core left to its scheduler) does not
+    take effect in process (measured): the model would run on torch's default, a thread
+    per core, whose barriers stall whenever the worker's own threads (scheduler, output
+    processor, Redis) want a core.  Benchmark 14 on 2 cores: `--threads 1` gave 0.76-0.98 of
+    vLLM's offline generate on one stream, the default 2 threads 0.12.  None on a GPU."""
+    if _has_gpu():
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 def _kv_cache_bytes(llm: Any) -> int:
     """vLLM allocates its KV cache up front: its size (not what is in use), 0 if unknown."""
     try:
