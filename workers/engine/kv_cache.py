@@ -102,12 +102,15 @@ class GrowableLayer(DynamicLayer):
         self._len -= columns
         self._expose()
 
-    def widen(self, columns: int) -> None:
-        """Add ``columns`` columns of padding on the left of every row: into the spare columns
-        there, so that a longer prompt joining copies no running row (unless they ran out)."""
-        if columns > self._start:
-            spare, spare_rows = self._spare()
-            self._set(self.k_view, self.v_view, spare, spare_rows, left=max(_GROW, columns, self._len // 2))
+    def widen(self, columns: int, rows: int) -> None:
+        """Add ``columns`` columns of padding on the left of every row, and room for ``rows``
+        more rows: into the spare columns and rows, so that a longer prompt joining copies no
+        running row (unless they ran out: then one copy, with room to spare for the next)."""
+        spare, spare_rows = self._spare()
+        if columns > self._start or rows > spare_rows:
+            spare_rows = max(spare_rows, _SPARE_ROWS, rows, self._rows // 2) if rows > spare_rows else spare_rows
+            left = max(self._start, columns + max(_GROW, self._len // 2))
+            self._set(self.k_view, self.v_view, spare, spare_rows, left)
         self._start -= columns
         self._k[: self._rows, :, self._start : self._start + columns] = 0
         self._v[: self._rows, :, self._start : self._start + columns] = 0
@@ -225,7 +228,7 @@ class BatchCache:
                 mine.add_rows(theirs.k_view.index_select(0, theirs_idx), theirs.v_view.index_select(0, theirs_idx))
         else:  # a longer prompt: every running row gets padding on the left
             for mine, theirs in zip(self.layers, other.layers, strict=True):
-                mine.widen(t - self.length)
+                mine.widen(t - self.length, other.rows)
                 mine.add_rows(theirs.k_view.index_select(0, theirs_idx), theirs.v_view.index_select(0, theirs_idx))
         their_mask = other.mask.index_select(0, theirs_idx)
         self.mask = torch.cat([pad(self.mask, (t - self.length, 0)), pad(their_mask, (t - other.length, 0))])
