@@ -19,11 +19,13 @@ Then vLLM's own references, in the same run, with the same engine arguments:
 - vLLM's OpenAI server (benchmarks/vllm_ref.py): TTFT p50 unloaded and the Poisson trace's
   TTFT p50/p99, as ratios (informational: an HTTP server against a queue pipeline).
 
-Between them, the vLLM worker once more with ``--threads 1`` (informational).  Why: vLLM's CPU
+Between them, each engine once more with ``--threads 1`` (informational).  Why: vLLM's CPU
 thread setup lives in its multiprocess executor (1 OpenMP thread bound to a core, the other core
 left to its scheduler process); in process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the worker's
-default) the model runs on torch's default of 2 unbound OpenMP threads, whose barriers stall
-whenever anything else wants a core.  Offline ``LLM.generate`` in process shows the same.
+default) the model ran on torch's default of 2 unbound OpenMP threads, whose barriers stall
+whenever anything else wants a core (offline ``LLM.generate`` in process shows the same), so
+the vLLM engine now defaults to one thread per core but one on CPU: on 2 cores the default and
+``--threads 1`` are the same setting.
 
 Last, the side-by-side rows: vLLM engine (pipeline column) against builtin engine (reference
 column), which tell a user which engine to run on this machine.
@@ -271,8 +273,9 @@ def run(ctx: Context) -> list[Row]:
             one_thread.one_tps,
             offline.one_tps,
             "tok/s",
-            note="informational: a worker flag, not the default; vLLM's own engine core runs its model "
-            "on 1 OpenMP thread bound to a core (the other core reserved for its scheduler)",
+            note="informational: vLLM's own engine core runs its model on 1 OpenMP thread bound to a core "
+            "(the other core reserved for its scheduler); the vLLM engine's default on CPU is one thread "
+            "per core but one (on 2 cores the same as --threads 1)",
             ref_label=offline_label,
         ),
         Row(
