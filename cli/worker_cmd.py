@@ -30,6 +30,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.add_argument("--max-batch-rows", type=int, default=64, help="rows (choices) in the decode batch")
     p.add_argument("--max-batch-tokens", type=int, default=2048, help="prompt tokens in one prefill pass")
     p.add_argument("--max-queued", type=int, default=256, help="requests waiting inside the engine")
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=32,
+        help="prompt tokens prefilled per step while rows decode (builtin engine's chunked prefill: more is a "
+        "faster TTFT for long prompts, slower steps for the running streams)",
+    )
     p.add_argument("--stream-interval", type=int, default=1, help="publish every N steps (first token never waits)")
     p.add_argument("--threads", type=int, help="torch threads (default: TOKENRELAY_TORCH_THREADS or all cores)")
     p.add_argument(
@@ -98,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
         max_attempts = settings.max_attempts(args.max_attempts)
         metrics_port = settings.metrics_port(args.metrics_port)
         settings.engine(args.engine), settings.engine_args(args.engine_arg)
-    except ValidationError as exc:
+        limits = Limits(
+            args.max_running, args.max_batch_rows, args.max_batch_tokens, args.max_queued, args.prefill_chunk
+        )
+    except (ValidationError, ValueError) as exc:  # Limits says which field, e.g. "max_running must be >= 1"
         note(f"tokenrelay worker: {exc}")
         return 2
 
@@ -109,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         redis_url=args.redis_url,
         broker_url=args.broker_url,
-        limits=Limits(args.max_running, args.max_batch_rows, args.max_batch_tokens, args.max_queued),
+        limits=limits,
         stream_interval=args.stream_interval,
         loglevel=args.loglevel,
         hostname=args.hostname,
