@@ -52,12 +52,15 @@ def load_model(name: str, path: str) -> LoadedModel:
         tokenizer=tokenizer,
         token_bytes=build_token_bytes(tokenizer),
         device=device,
-        eos_token_ids=_eos_ids(model, tokenizer),
+        eos_token_ids=eos_ids(model, tokenizer),
         max_context=int(getattr(model.config, "max_position_embeddings", 2048) or 2048),
     )
 
 
-def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+def eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The ids that end a choice unless it ignores EOS: from the generation config, the model
+    config and the tokenizer (any of them may list one or several; the vLLM core passes configs
+    read without weights)."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), model.config, tokenizer):
         value = getattr(source, "eos_token_id", None)

@@ -137,7 +137,7 @@ def _text_side(name: str, path: str, llm: Any) -> LoadedModel:
     import torch
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from workers.engine.model_runner import _eos_ids
+    from workers.engine.model_runner import eos_ids
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     try:
@@ -151,7 +151,7 @@ def _text_side(name: str, path: str, llm: Any) -> LoadedModel:
         tokenizer=tokenizer,
         token_bytes=build_token_bytes(tokenizer),
         device=torch.device("cuda" if _has_gpu() else "cpu"),
-        eos_token_ids=_eos_ids(model, tokenizer),
+        eos_token_ids=eos_ids(model, tokenizer),
         max_context=int(llm.model_config.max_model_len),
     )
 
