@@ -48,11 +48,9 @@ from benchmarks.common import Context, Row, median, ms, percentile
 from benchmarks.prompts import story_prompt, story_prompts
 from benchmarks.s2_ttft import IDLE_S, PROMPT
 from benchmarks.s3_batch import pipeline
-from benchmarks.s4_poisson import arrivals
-from benchmarks.timing import Trace, afollow, run_one, submit
-from consumer import AsyncStreamReader, StreamReader
-from producer import Producer
-from workers.launcher import Stack, WorkerProcess
+from benchmarks.s4_poisson import arrivals, replay
+from benchmarks.timing import run_one
+from workers.launcher import Stack, start_stack
 
 NAME = "14 engines"
 GOAL_ONE = 0.95
@@ -99,27 +97,8 @@ def _load() -> float:
 
 def _start(url: str, extra_args: list[str], env: dict[str, str] | None) -> tuple[Stack, float]:
     started = time.perf_counter()
-    worker = WorkerProcess(redis_url=url, extra_args=extra_args, env=env)
-    try:
-        worker.wait_ready(STARTUP_TIMEOUT_S)
-    except BaseException:
-        worker.kill()
-        raise
-    return Stack(url, worker, Producer(url), StreamReader(url)), time.perf_counter() - started
-
-
-async def replay(producer: Producer, url: str, gaps: list[float], lengths: list[int]) -> tuple[float, list[Trace]]:
-    """Scenario 4's trace: each request submitted at its arrival time, whatever is in flight."""
-    async with AsyncStreamReader(url) as reader:
-        started = time.perf_counter()
-        due = started
-        tasks: list[asyncio.Task[Trace]] = []
-        for i, (gap, length) in enumerate(zip(gaps, lengths, strict=True)):
-            due += gap
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            trace = submit(producer, story_prompt(i), max_tokens=length, temperature=0, ignore_eos=True)
-            tasks.append(asyncio.create_task(afollow(reader, trace)))
-        return started, list(await asyncio.gather(*tasks))
+    stack = start_stack(url, extra_args=extra_args, env=env, ready_timeout_s=STARTUP_TIMEOUT_S)
+    return stack, time.perf_counter() - started
 
 
 def measure_engine(ctx: Context, label: str, extra_args: list[str], env: dict[str, str] | None = None) -> Figures:

@@ -37,7 +37,7 @@ def run(ctx: Context) -> list[Row]:
     n, _span_s, max_len = shape(ctx.quick)
     gaps, lengths = arrivals(ctx.quick)
     stack = ctx.stack()
-    started, traces = asyncio.run(_pipeline(stack.producer, stack.url, gaps, lengths))
+    started, traces = asyncio.run(replay(stack.producer, stack.url, gaps, lengths))
     end = max(t.last for t in traces if t.last is not None)
     total = sum(t.tokens for t in traces)
     reader_ttft = [t.ttft_s for t in traces if t.ttft_s is not None]
@@ -57,7 +57,9 @@ def run(ctx: Context) -> list[Row]:
     ]
 
 
-async def _pipeline(producer: Producer, url: str, gaps: list[float], lengths: list[int]) -> tuple[float, list[Trace]]:
+async def replay(producer: Producer, url: str, gaps: list[float], lengths: list[int]) -> tuple[float, list[Trace]]:
+    """The trace through the pipeline: each request submitted at its arrival time, whatever is
+    in flight (scenario 14 replays it on each engine too)."""
     async with AsyncStreamReader(url) as reader:
         started = time.perf_counter()
         due = started

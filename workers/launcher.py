@@ -125,9 +125,10 @@ def start_stack(
     env: dict[str, str] | None = None,
     ttl_s: int | None = None,
     broker_url: str | None = None,
+    ready_timeout_s: float = 180.0,
 ) -> Stack:
     """A worker, producer and reader on ``url``; the broker is ``url`` too unless given (it
     must be given when ``url`` is a Redis Cluster, which cannot be a broker)."""
     worker = WorkerProcess(redis_url=url, broker_url=broker_url, model=model, extra_args=extra_args, env=env)
-    worker.wait_ready()
+    worker.wait_ready(ready_timeout_s)
     return Stack(url, worker, Producer(url, broker_url, ttl_s=ttl_s), StreamReader(url))
