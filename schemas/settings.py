@@ -229,6 +229,12 @@ def torch_threads(explicit: int | None = None) -> int | None:
     return value or None
 
 
+def cpu_prepack() -> bool:
+    """``TOKENRELAY_CPU_PREPACK``: the builtin engine reorders its linear layers' weights for
+    oneDNN on CPU (workers/engine/cpu_linear.py; faster decode steps).  On by default."""
+    return _flag("TOKENRELAY_CPU_PREPACK", True)
+
+
 ENGINES = ("builtin", "vllm")
 
 
@@ -340,6 +346,7 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     ),
     EnvVar("TOKENRELAY_DEVICE", "cuda if present, else cpu", "cpu, cuda, cuda:N, mps or xpu", device),
     EnvVar("TOKENRELAY_TORCH_THREADS", "all cores", "torch threads of a worker", torch_threads),
+    EnvVar("TOKENRELAY_CPU_PREPACK", "1", "builtin engine prepacks weights for oneDNN on CPU", cpu_prepack),
     EnvVar("TOKENRELAY_ENGINE", "builtin", "worker engine core: builtin or vllm", engine),
     EnvVar("TOKENRELAY_ENGINE_ARGS", "none", "vLLM EngineArgs as KEY=VALUE, space-separated", engine_args),
     EnvVar("TOKENRELAY_CACHE_DIR", "~/.cache/tokenrelay", "converted models", cache_dir),

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
-from workers.engine.kv_cache import BatchCache
+from workers.engine.kv_cache import _GROW, BatchCache
 
 LAYERS, HEADS, DIM = 2, 2, 4
 
@@ -45,6 +46,8 @@ def decode_step(batch: BatchCache, real: list[list[torch.Tensor]]) -> None:
 def check(batch: BatchCache, real: list[list[torch.Tensor]]) -> None:
     assert len(batch.order) == len(real) == batch.rows
     keys, values = batch.layers[0].keys, batch.layers[0].values
+    # Padding columns are attended to with weight 0, and NaN * 0 is NaN: never garbage.
+    assert torch.isfinite(keys).all() and torch.isfinite(values).all()
     for j, row in enumerate(batch.order):
         cols = batch.mask[row].nonzero().flatten().tolist()
         assert len(cols) == len(real[j]) == int(batch.positions[row])
@@ -54,6 +57,14 @@ def check(batch: BatchCache, real: list[list[torch.Tensor]]) -> None:
             assert torch.equal(values[row, :, col], want * 2)
 
 
+@pytest.fixture(params=["fresh memory", "NaN-filled memory"])
+def poisoned(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buffers are allocated without zeroing: with every new one full of NaN, no NaN may show."""
+    if request.param == "NaN-filled memory":
+        monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, size: self.new_full(size, float("nan")))
+
+
+@pytest.mark.usefixtures("poisoned")
 def test_random_joins_leaves_forks_and_steps_keep_every_row_its_own_cache() -> None:
     rng = random.Random(7)
     for _trial in range(20):
@@ -107,3 +118,20 @@ def test_a_longer_prompt_joining_and_the_longest_row_leaving_move_no_running_row
     check(batch, real[:5])
     decode_step(batch, real := real[:5])
     check(batch, real)
+
+
+@pytest.mark.usefixtures("poisoned")
+def test_the_window_slides_back_in_place_when_it_reaches_the_buffers_end() -> None:
+    rng = random.Random(5)
+    batch, real = fresh([40, 2, 3], rng)
+    for _ in range(8):
+        decode_step(batch, real)
+    batch.keep([1, 2])  # the 48-column row leaves: its columns are padding everywhere now
+    real = real[1:]
+    layer = batch.layers[0]
+    buffer, start = layer._k, layer._start
+    assert start >= _GROW // 2
+    for _ in range(layer._spare()[0] + 3):  # past the right end of the buffer
+        decode_step(batch, real)
+        check(batch, real)
+    assert layer._k is buffer and layer._start == 0  # slid back, no new memory

@@ -15,11 +15,12 @@ and hands the model views of the filled part, so that the common changes copy on
 - a row that joins is written into a spare row, left-padded; a prompt longer than ``T`` first
   widens every row into the spare columns on the left (zeros written, nothing moved);
 - columns that became padding in every row (the longest rows left) are dropped by starting
-  the views later.
+  the views later; when the views reach the buffer's right end, they slide back over those
+  columns in place (the live rows' columns copied within the buffer, no new memory).
 
 At 64 rows and a few hundred columns the whole cache is around a gigabyte on CPU (fp32), and a
-whole-cache copy costs 0.1-0.3 s: more than a decode step.  Only a fork (``n`` choices), a
-reordering or running out of spare rows or columns (geometric growth) copies everything.
+whole-cache copy into fresh memory costs 0.1-0.9 s: several decode steps.  Only a fork (``n``
+choices), a reordering or running out of spare rows or columns (geometric growth) does that.
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ class GrowableLayer(DynamicLayer):
     def _set(
         self, keys: torch.Tensor, values: torch.Tensor, spare: int = _GROW, spare_rows: int = 0, left: int = 0
     ) -> None:
-        # Zero-filled: masked columns are still multiplied by the queries, and leftovers must
-        # be finite (NaN * 0 weight is still NaN).
+        # Not zero-filled: every column the views expose is written first (decode steps append,
+        # `add_rows` and `widen` zero their padding), and zeroing a fresh buffer of a few hundred
+        # MB here would fault all its pages in at once (~0.3-0.8 s on this VM) instead of a
+        # page at a time as columns fill.  Masked columns must be finite (NaN * 0 weight is
+        # still NaN): they are zeros or keys of padding tokens, never leftovers.
         b, h, t, d = keys.shape
-        self._k = keys.new_zeros((b + spare_rows, h, left + t + spare, d))
-        self._v = values.new_zeros((b + spare_rows, values.shape[1], left + t + spare, values.shape[3]))
+        self._k = keys.new_empty((b + spare_rows, h, left + t + spare, d))
+        self._v = values.new_empty((b + spare_rows, values.shape[1], left + t + spare, values.shape[3]))
         self._k[:b, :, left : left + t] = keys
         self._v[:b, :, left : left + t] = values
         self._rows, self._start, self._len = b, left, t
@@ -72,14 +76,30 @@ class GrowableLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = key_states.shape[-2]
         if n > self._spare()[0]:
-            spare = max(_GROW, n, self._len // 2)  # geometric: a full copy every ~T/2 steps, not every 64
-            self._set(self.k_view, self.v_view, spare, self._spare()[1], self._start)
+            if self._start >= max(n, _GROW // 2):  # the columns trimmed on the left make room
+                self._slide_left()
+            else:  # geometric: a full copy every ~T/2 steps, not every 64
+                spare = max(_GROW, n, self._len // 2)
+                self._set(self.k_view, self.v_view, spare, self._spare()[1], self._start)
         end = self._start + self._len
         self._k[: self._rows, :, end : end + n] = key_states
         self._v[: self._rows, :, end : end + n] = value_states
         self._len += n
         self._expose()
         return self.k_view, self.v_view
+
+    def _slide_left(self) -> None:
+        """Move the filled columns to the buffer's left edge, in place.  A window that only
+        grows on the right and is trimmed on the left (long rows leaving) would otherwise reach
+        the buffer's end every ``spare`` steps and be copied into fresh memory.  Blocks of at
+        most ``start`` columns, left to right: no block's target overlaps a source not yet read."""
+        shift, n = self._start, self._len
+        for lo in range(0, n, shift):
+            hi = min(n, lo + shift)
+            self._k[: self._rows, :, lo:hi] = self._k[: self._rows, :, shift + lo : shift + hi]
+            self._v[: self._rows, :, lo:hi] = self._v[: self._rows, :, shift + lo : shift + hi]
+        self._start = 0
+        self._expose()
 
     def get_seq_length(self) -> int:
         return self._len
