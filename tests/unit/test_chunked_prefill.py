@@ -182,3 +182,25 @@ def test_a_failed_pass_mid_prefill_fails_its_requests_and_the_engine_goes_on(tin
     assert trace.records["a"][-1].finish_reason == "error"
     after = drive(engine, {0: [("b", greedy("again", 4))]})
     assert len(after.tokens("b")) == 4
+
+
+def test_a_burst_that_outnumbers_the_running_rows_is_admitted_at_once(tiny: LoadedModel) -> None:
+    engine = Engine(tiny, Limits(prefill_chunk=16))
+    steps = spy_steps(engine)
+    burst = [(f"b{i}", greedy(f"burst {i} arrives", 6)) for i in range(6)]  # 10 tokens each
+    trace = drive(engine, {0: [("a", greedy("héllo", 30))], 2: burst})
+    # One running row, six waiting: a budget of 6 chunks, so all six prefill together, in a
+    # step or two, instead of one chunk's worth (one request) per step.
+    admitted = [s.admitted for s in steps if s.admitted and "a" not in s.admitted]
+    assert admitted == [[rid for rid, _ in burst]]
+    assert len(prefill_steps(steps, "b0", "a")) <= 2
+    alone = drive(Engine(tiny), {0: [("b3", greedy("burst 3 arrives", 6))]})
+    assert trace.tokens("b3") == alone.tokens("b3")
+    assert trace.tokens("a") == drive(Engine(tiny), {0: [("a", greedy("héllo", 30))]}).tokens("a")
+
+
+def test_one_arrival_while_rows_decode_is_prefilled_a_chunk_per_step(tiny: LoadedModel) -> None:
+    engine = Engine(tiny, Limits(prefill_chunk=4))
+    steps = spy_steps(engine)
+    drive(engine, {0: [("a", greedy("héllo", 30)), ("c", greedy("hi", 30))], 3: [("v", greedy("zzz " * 10, 4))]})
+    assert len(prefill_steps(steps, "v", "c")) >= 3, "one waiting, two running: one chunk per step"

@@ -7,8 +7,9 @@ requests wait, the ones that fit the limits (scheduler.py) start one: their prom
 left-padded batch (``n`` choices share one prompt row and fork into ``n`` rows at the end; a
 resumed request has a row per choice, prompt plus published tokens).  While rows decode, a
 step takes at most ``Limits.prefill_chunk`` prompt tokens, so a joining prompt costs the
-running rows a little per step instead of stalling them for a whole prefill pass; with no
-row decoding, nobody waits for a token and the prompts go whole.  The chunks build the
+running rows a little per step instead of stalling them for a whole prefill pass (more when
+more requests wait than rows decode: `_budget`); with no row decoding, nobody waits for a
+token and the prompts go whole.  The chunks build the
 prompts' own KV cache; the pass that completes it also samples their first tokens.  Requests
 stay in `waiting` until then (cancelling one drops its share of the prefill), and in
 `running` from then on.  Each row samples from its own random stream (sampler.py).  The step
@@ -94,6 +95,7 @@ class Prefill:
         self.requests = requests  # the head of `EngineCore.waiting`, in order, until complete
         prompts, self.owners = _prefill_rows(requests)
         self.prompts = Prompts(prompts, device)
+        self.budget: int | None = None  # prompt tokens per step (None: all at once)
         self.started = time.time()
         self.spent = 0.0
 
@@ -152,7 +154,7 @@ class EngineCore:
             return None
         started = time.time()
         prompts = prefill.prompts if prefill is not None else None
-        decoded, prompted = self.runner.run(self.batch.cache, self.batch.last_tokens(), prompts, self._columns(prompts))
+        decoded, prompted = self.runner.run(self.batch.cache, self.batch.last_tokens(), prompts, self._columns(prefill))
         step = self._sample(rows, decoded) if decoded is not None else CoreStep([], time.time())
         step.decoded = list({r.request_id: None for r, _c in rows})
         if prefill is not None:
@@ -176,18 +178,36 @@ class EngineCore:
             self.batch.join(rows, cache, [i for i, (_r, c) in enumerate(rows) if not c.finished])
 
     def _admit(self) -> Prefill | None:
-        # While rows decode, one chunk's worth of prompts at a time: short prompts share a
-        # chunk, and a request does not wait for a long one admitted with it.
-        budget = self.limits.prefill_chunk if self.batch.rows else None
+        budget = self._budget()
         joined = admit(self.waiting, len(self.running), len(self.batch.rows), self.limits, budget)
-        return Prefill(joined, self.runner.device) if joined else None
+        if not joined:
+            return None
+        prefill = Prefill(joined, self.runner.device)
+        prefill.budget = budget
+        return prefill
 
-    def _columns(self, prompts: Prompts | None) -> int:
-        """Prompt columns for this step's pass: a chunk while rows decode, else all that is left."""
-        if prompts is None:
+    def _budget(self) -> int | None:
+        """Prompt tokens per step while rows decode (None: no row decodes, prompts go whole).
+
+        One chunk's worth at a time keeps the running rows' steps short, and short prompts
+        share a chunk, so a request does not wait for a long one admitted with it.  But when
+        more requests wait than rows decode (a burst: 16 arriving at once), their first tokens
+        matter more than the few rows' next ones: the budget grows to a chunk per running row
+        waited for, so the burst is admitted in a step or two instead of one chunk per step."""
+        rows = len(self.batch.rows)
+        if not rows:
+            return None
+        return min(self.limits.max_batch_tokens, self.limits.prefill_chunk * max(1, -(-len(self.waiting) // rows)))
+
+    def _columns(self, prefill: Prefill | None) -> int:
+        """Prompt columns for this step's pass: the prefill's budget while rows decode, else
+        all that is left."""
+        if prefill is None:
             return 0
+        prompts = prefill.prompts
         if self.batch.rows and self.runner.packs:
-            return max(1, self.limits.prefill_chunk // prompts.rows)
+            budget = prefill.budget if prefill.budget is not None else self.limits.prefill_chunk
+            return max(1, budget // prompts.rows)
         return prompts.remaining
 
     def _complete(self, prefill: Prefill, logits: torch.Tensor, step: CoreStep) -> None:
