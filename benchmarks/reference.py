@@ -1,4 +1,6 @@
-"""The in-process reference: the same converted SmolLM2, fp32, driven by ``model.generate``.
+"""The in-process reference: the same converted SmolLM2, fp32, driven by ``model.generate``,
+with the same linear layers as the worker's (prepacked for oneDNN unless
+``TOKENRELAY_CPU_PREPACK=0``: workers/engine/cpu_linear.py).
 
 Runs in the benchmark process, only while the worker is idle (2 cores: never both at once).
 EOS never stops a reference generation (``eos_token_id=None``), as ``ignore_eos=True`` on
@@ -17,6 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging as hf_logging
 
+from schemas.settings import cpu_prepack
+from workers.engine.cpu_linear import prepack_linears
 from workers.model_store import ensure_smollm2
 
 
@@ -73,6 +77,8 @@ class RefModel:
         path = ensure_smollm2()
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        if cpu_prepack():  # the worker's kernels: the ratios measure the pipeline, not oneDNN
+            prepack_linears(model)
         # generate() fills an unset eos_token_id from the model's own generation config, so
         # "never stop on EOS" must be said there too.
         model.generation_config.eos_token_id = None
