@@ -9,8 +9,11 @@ and one worker with default settings, vLLM through its API server.  The traces h
 offered load is a share (25 % .. 125 %) of tokenrelay's batch-16 capacity measured at the
 start of the run with the same client, so both engines see identical arrivals.
 
-Goals (issue "builtin engine under real traffic"), at the load nearest scenario 4's: tokens/s
->= 0.9 of vLLM's, TTFT p50 and p99 <= 3x vLLM's; everywhere: inter-token p99 <= 2x its p50.
+Last comes scenario 4's own trace (benchmarks/s4_poisson.py: 64 requests, ~134 offered
+tokens/s), the load the goals are stated at (issue "builtin engine under real traffic"):
+tokens/s >= 0.9 of vLLM's, TTFT p50 and p99 <= 3x vLLM's; everywhere: inter-token p99 <= 2x
+its p50.  (The sweep's 100 % point used to stand in for it, while the batch-16 capacity was
+about scenario 4's offered load; the engine has outgrown that.)
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ from benchmarks.common import Context, Row
 from benchmarks.prompts import story_prompt, story_prompts
 from benchmarks.s4_poisson import SEED
 from benchmarks.s10_gateway import gateway
-from benchmarks.vllm_ref import Arrival, find_vllm, poisson_trace, throughput, vllm_server
+from benchmarks.vllm_ref import Arrival, find_vllm, poisson_trace, s4_trace, throughput, vllm_server
 
 NAME = "12 load sweep"
 LOADS = (0.25, 0.5, 0.75, 1.0, 1.25)
-SCENARIO_4_LOAD = 1.0  # scenario 4 offers ~134 tok/s: about the batch-16 capacity here
+SCENARIO_4 = "scenario 4's trace"  # where the tokens/s and TTFT goals are checked
 Result = dict[str, float]
 
 
@@ -39,8 +42,9 @@ def run(ctx: Context) -> list[Row]:
         served = _served_model(base)
         throughput(base, story_prompts(2), 4, 2, model=served)  # warm-up
         capacity = throughput(base, story_prompts(16), cap_tokens, 16, model=served)
-        traces = {load: _trace(n, max_len, load * capacity) for load in LOADS}
-        ours = {load: poisson_trace(base, trace, model=served) for load, trace in traces.items()}
+        traces = {f"{load:.0%} load": _trace(n, max_len, load * capacity) for load in LOADS}
+        traces[SCENARIO_4] = s4_trace(ctx.quick)
+        ours = {at: poisson_trace(base, trace, model=served) for at, trace in traces.items()}
     ctx.stop_worker()  # free the cores for vLLM
     theirs = _vllm(traces)
     return _rows(capacity, ours, theirs)
@@ -59,7 +63,7 @@ def _trace(n: int, max_len: int, offered_tok_s: float) -> list[Arrival]:
     return [Arrival(g, story_prompt(i), m) for i, (g, m) in enumerate(zip(gaps, lengths, strict=True))]
 
 
-def _vllm(traces: dict[float, list[Arrival]]) -> dict[float, Result]:
+def _vllm(traces: dict[str, list[Arrival]]) -> dict[str, Result]:
     python = find_vllm()
     if python is None:
         return {}
@@ -67,15 +71,14 @@ def _vllm(traces: dict[float, list[Arrival]]) -> dict[float, Result]:
 
     with vllm_server(str(ensure_smollm2()), python) as base:
         throughput(base, story_prompts(2), 4, 2)  # warm-up
-        return {load: poisson_trace(base, trace) for load, trace in traces.items()}
+        return {at: poisson_trace(base, trace) for at, trace in traces.items()}
 
 
-def _rows(capacity: float, ours: dict[float, Result], theirs: dict[float, Result]) -> list[Row]:
+def _rows(capacity: float, ours: dict[str, Result], theirs: dict[str, Result]) -> list[Row]:
     label = "vLLM server" if theirs else "vLLM server (not installed)"
     rows = [Row(NAME, "batch-16 capacity (gateway, 16 streams)", capacity, None, "tok/s")]
-    for load in LOADS:
-        mine, ref = ours[load], theirs.get(load, {})
-        at = f"{load:.0%} load"
+    for at, mine in ours.items():
+        ref = theirs.get(at, {})
 
         def row(metric: str, key: str, unit: str, check: Callable[[float, float], bool] | None = None,
                 goal: str = "", *, at: str = at, mine: Result = mine, ref: Result = ref) -> Row:  # fmt: skip
@@ -83,7 +86,7 @@ def _rows(capacity: float, ours: dict[float, Result], theirs: dict[float, Result
             passed = check(value, other) if check is not None and other is not None else None
             return Row(NAME, f"{metric}, {at}", value, other, unit, goal if check else "", passed, ref_label=label)
 
-        scenario_4 = load == SCENARIO_4_LOAD
+        scenario_4 = at == SCENARIO_4
         rows += [
             row("tokens/s", "tok_s", "tok/s", (lambda a, b: a >= 0.9 * b) if scenario_4 else None, ">= 0.9x"),
             row("TTFT p50", "ttft_p50_ms", "ms", (lambda a, b: a <= 3 * b) if scenario_4 else None, "<= 3x"),
