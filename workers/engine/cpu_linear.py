@@ -81,7 +81,8 @@ def prepack_linears(model: Any) -> int:
 def _packed_or_none(linear: torch.nn.Linear) -> PackedLinear | None:
     try:
         packed = PackedLinear(linear)
-        x = torch.randn((3, linear.in_features), dtype=linear.weight.dtype)
+        # Its own generator: loading a model must not move torch's global random state.
+        x = torch.randn((3, linear.in_features), dtype=linear.weight.dtype, generator=torch.Generator().manual_seed(0))
         expected = torch.nn.functional.linear(x, linear.weight, linear.bias)
         if torch.allclose(packed(x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max())):
             return packed
