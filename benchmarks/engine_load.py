@@ -21,10 +21,9 @@ import os
 import subprocess
 import sys
 import time
-from collections import defaultdict
-from typing import Any
 
 from benchmarks.common import percentile
+from benchmarks.prefill_stalls import token_times
 from benchmarks.vllm_ref import Arrival, s4_trace
 from schemas.config import GenerationConfig
 from workers.engine.engine import Engine
@@ -36,17 +35,7 @@ HEADS = ("tok/s", "ttft50", "ttft99", "itl50", "itl99", "p99/p50")
 
 def replay(engine: Engine, trace: list[Arrival]) -> dict[str, float]:
     """Add each request at its arrival time and step the engine until every one has ended."""
-    times: dict[str, list[float]] = defaultdict(list)
-    core_step = engine.core.step
-
-    def timed() -> Any:
-        produced = core_step()
-        now = time.perf_counter()
-        for rid, _index, _sampled in produced.tokens if produced is not None else ():
-            times[rid].append(now)
-        return produced
-
-    engine.core.step = timed  # type: ignore[method-assign]
+    times = token_times(engine, time.perf_counter)
     start = due = time.perf_counter()
     arrivals: dict[str, float] = {}
     pending, ended = list(trace), 0

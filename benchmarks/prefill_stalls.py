@@ -61,10 +61,8 @@ def make_trace(loaded: LoadedModel, n: int, mean_gap_s: float, seed: int = 1234)
     return out
 
 
-def run(
-    loaded: LoadedModel, chunk: int | None, trace: list[Arrival], streams: int, quiet_s: float, clock: Clock
-) -> dict[str, float]:
-    engine = Engine(loaded, Limits() if chunk is None else Limits(prefill_chunk=chunk))
+def token_times(engine: Engine, clock: Clock) -> dict[str, list[float]]:
+    """When each request's tokens come out of the engine's core (filled as the engine steps)."""
     times: dict[str, list[float]] = defaultdict(list)
     core_step = engine.core.step
 
@@ -76,6 +74,14 @@ def run(
         return produced
 
     engine.core.step = timed  # type: ignore[method-assign]
+    return times
+
+
+def run(
+    loaded: LoadedModel, chunk: int | None, trace: list[Arrival], streams: int, quiet_s: float, clock: Clock
+) -> dict[str, float]:
+    engine = Engine(loaded, Limits() if chunk is None else Limits(prefill_chunk=chunk))
+    times = token_times(engine, clock)
     for i in range(streams):
         engine.add(
             f"s{i}", prompt=story_prompt(i), config=GenerationConfig(max_tokens=2000, temperature=0.0, ignore_eos=True)
