@@ -130,5 +130,9 @@ def start_stack(
     """A worker, producer and reader on ``url``; the broker is ``url`` too unless given (it
     must be given when ``url`` is a Redis Cluster, which cannot be a broker)."""
     worker = WorkerProcess(redis_url=url, broker_url=broker_url, model=model, extra_args=extra_args, env=env)
-    worker.wait_ready(ready_timeout_s)
+    try:
+        worker.wait_ready(ready_timeout_s)
+    except BaseException:  # e.g. Ctrl-C while it loads: no worker left behind
+        worker.kill()
+        raise
     return Stack(url, worker, Producer(url, broker_url, ttl_s=ttl_s), StreamReader(url))

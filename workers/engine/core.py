@@ -91,11 +91,11 @@ class Prefill:
     """Requests whose prompts are being prefilled (one left-padded batch, maybe over several
     steps), and the time of the passes that carried their chunks."""
 
-    def __init__(self, requests: list[Request], device: torch.device) -> None:
+    def __init__(self, requests: list[Request], device: torch.device, budget: int | None) -> None:
         self.requests = requests  # the head of `EngineCore.waiting`, in order, until complete
         prompts, self.owners = _prefill_rows(requests)
         self.prompts = Prompts(prompts, device)
-        self.budget: int | None = None  # prompt tokens per step (None: all at once)
+        self.budget = budget  # prompt tokens per step while rows decode (None: none did at admission)
         self.started = time.time()
         self.spent = 0.0
 
@@ -180,11 +180,7 @@ class EngineCore:
     def _admit(self) -> Prefill | None:
         budget = self._budget()
         joined = admit(self.waiting, len(self.running), len(self.batch.rows), self.limits, budget)
-        if not joined:
-            return None
-        prefill = Prefill(joined, self.runner.device)
-        prefill.budget = budget
-        return prefill
+        return Prefill(joined, self.runner.device, budget) if joined else None
 
     def _budget(self) -> int | None:
         """Prompt tokens per step while rows decode (None: no row decodes, prompts go whole).
@@ -205,9 +201,9 @@ class EngineCore:
         if prefill is None:
             return 0
         prompts = prefill.prompts
-        if self.batch.rows and self.runner.packs:
-            budget = prefill.budget if prefill.budget is not None else self.limits.prefill_chunk
-            return max(1, budget // prompts.rows)
+        # A prefill admitted with no row decoding (no budget) completes in its first pass.
+        if prefill.budget is not None and self.batch.rows and self.runner.packs:
+            return max(1, prefill.budget // prompts.rows)
         return prompts.remaining
 
     def _complete(self, prefill: Prefill, logits: torch.Tensor, step: CoreStep) -> None:
