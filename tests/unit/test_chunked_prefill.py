@@ -204,3 +204,27 @@ def test_one_arrival_while_rows_decode_is_prefilled_a_chunk_per_step(tiny: Loade
     steps = spy_steps(engine)
     drive(engine, {0: [("a", greedy("héllo", 30)), ("c", greedy("hi", 30))], 3: [("v", greedy("zzz " * 10, 4))]})
     assert len(prefill_steps(steps, "v", "c")) >= 3, "one waiting, two running: one chunk per step"
+
+
+def test_a_prompt_is_chunked_in_even_shares(tiny: LoadedModel) -> None:
+    engine = Engine(tiny, Limits(prefill_chunk=8))
+    core = engine.core
+    assert isinstance(core, EngineCore)
+    run = core.runner.run
+    passes: list[tuple[int, int]] = []  # (prompt width, columns) of each pass that carried a chunk
+
+    def spy(cache: Any, tokens: Any, prompts: Any, columns: int) -> Any:
+        if prompts is not None and cache is not None:
+            passes.append((prompts.width, min(columns, prompts.remaining)))
+        return run(cache, tokens, prompts, columns)
+
+    core.runner.run = spy  # type: ignore[method-assign]
+    trace = drive(engine, {0: [("a", greedy("héllo", 30))], 2: [("v", greedy("zzz " * 5, 4))]})
+    width = passes[0][0]
+    shares = [columns for _w, columns in passes]
+    # Under a budget of 8, as few passes as full chunks would take, but no share larger than
+    # another by more than one column (e.g. 11 columns: 6 + 5, not 8 + 3).
+    assert width % 8, f"the prompt ({width} columns) must not split into full chunks for this test"
+    assert sum(shares) == width and len(shares) == math.ceil(width / 8)
+    assert max(shares) - min(shares) <= 1, shares
+    assert trace.tokens("v") == drive(Engine(tiny), {0: [("v", greedy("zzz " * 5, 4))]}).tokens("v")

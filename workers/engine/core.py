@@ -6,10 +6,10 @@ the next chunk of the requests being admitted (packed.py).  When no prefill is u
 requests wait, the ones that fit the limits (scheduler.py) start one: their prompts form one
 left-padded batch (``n`` choices share one prompt row and fork into ``n`` rows at the end; a
 resumed request has a row per choice, prompt plus published tokens).  While rows decode, a
-step takes at most ``Limits.prefill_chunk`` prompt tokens, so a joining prompt costs the
-running rows a little per step instead of stalling them for a whole prefill pass (more when
-more requests wait than rows decode: `_budget`); with no row decoding, nobody waits for a
-token and the prompts go whole.  The chunks build the
+step takes at most ``Limits.prefill_chunk`` prompt tokens (the prompt spread evenly over
+the steps it needs: `_columns`), so a joining prompt costs the running rows a little per step
+instead of stalling them for a whole prefill pass (more when more requests wait than rows
+decode: `_budget`); with no row decoding, nobody waits for a token and the prompts go whole.  The chunks build the
 prompts' own KV cache; the pass that completes it also samples their first tokens.  Requests
 stay in `waiting` until then (cancelling one drops its share of the prefill), and in
 `running` from then on.  Each row samples from its own random stream (sampler.py).  The step
@@ -196,15 +196,23 @@ class EngineCore:
         return min(self.limits.max_batch_tokens, self.limits.prefill_chunk * max(1, -(-len(self.waiting) // rows)))
 
     def _columns(self, prefill: Prefill | None) -> int:
-        """Prompt columns for this step's pass: the prefill's budget while rows decode, else
-        all that is left."""
+        """Prompt columns for this step's pass: while rows decode, what is left spread evenly
+        over as few steps as the prefill's budget allows; else all that is left.
+
+        Even shares, not full chunks and a remainder: a 48-token prompt under a budget of 32
+        goes 24 + 24, not 32 + 16.  As many steps either way, so its first token comes as
+        soon, but the running rows' slowest step is the smaller share (a step costs about a
+        decode step plus a fixed amount per prompt token: the inter-token p99 is set by the
+        largest chunk, not by the average)."""
         if prefill is None:
             return 0
         prompts = prefill.prompts
         # A prefill admitted with no row decoding (no budget) completes in its first pass.
-        if prefill.budget is not None and self.batch.rows and self.runner.packs:
-            return max(1, prefill.budget // prompts.rows)
-        return prompts.remaining
+        if prefill.budget is None or not self.batch.rows or not self.runner.packs:
+            return prompts.remaining
+        chunk = max(1, prefill.budget // prompts.rows)
+        steps = -(-prompts.remaining // chunk)
+        return -(-prompts.remaining // steps)
 
     def _complete(self, prefill: Prefill, logits: torch.Tensor, step: CoreStep) -> None:
         """The prompts are prefilled: their requests run, their first tokens are drawn into
