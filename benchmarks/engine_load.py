@@ -70,7 +70,8 @@ def scaled(trace: list[Arrival], load: float) -> list[Arrival]:
 
 def child(args: argparse.Namespace) -> None:
     """One engine, every load: one JSON line per run on stdout."""
-    limits = Limits(**({"prefill_chunk": args.chunk} if args.chunk else {}))
+    chunk = {"default": {}, "auto": {"prefill_chunk": None}}.get(args.chunk, {"prefill_chunk": int(args.chunk)})
+    limits = Limits(**chunk)
     path = str(ensure_smollm2())
     if args.engine == "vllm":
         import torch
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine", help=argparse.SUPPRESS)  # the child's
     p.add_argument("--loads", default="1.0", type=lambda s: [float(x) for x in s.split(",")])
     p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--chunk", type=int, default=0, help="the builtin engine's prefill chunk (0: Limits' default)")
+    p.add_argument("--chunk", default="default", help="the builtin engine's prefill chunk: N, auto or default")
     p.add_argument("--prepack", choices=("0", "1"), help="TOKENRELAY_CPU_PREPACK for the builtin engine")
     p.add_argument("--quick", action="store_true", help="scenario 4's quick trace")
     args = p.parse_args(argv)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ, **({"TOKENRELAY_CPU_PREPACK": args.prepack} if args.prepack else {}))
     for name in args.engines.split(","):
         cmd = [sys.executable, "-m", "benchmarks.engine_load", "--engine", name, "--repeat", str(args.repeat)]
-        cmd += ["--loads", ",".join(map(str, args.loads)), "--chunk", str(args.chunk)]
+        cmd += ["--loads", ",".join(map(str, args.loads)), "--chunk", args.chunk]
         cmd += ["--quick"] if args.quick else []
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
             assert proc.stdout is not None

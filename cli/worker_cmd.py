@@ -32,10 +32,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.add_argument("--max-queued", type=int, default=256, help="requests waiting inside the engine")
     p.add_argument(
         "--prefill-chunk",
-        type=int,
+        type=_chunk,
         default=32,
+        metavar="N|auto",
         help="prompt tokens prefilled per step while rows decode (builtin engine's chunked prefill: more is a "
-        "faster TTFT for long prompts, slower steps for the running streams)",
+        "faster TTFT for long prompts, slower steps for the running streams); auto: as many as keep such a "
+        "step within 1.7 plain decode steps, measured as it runs (for GPUs, where prompt tokens are cheap)",
     )
     p.add_argument("--stream-interval", type=int, default=1, help="publish every N steps (first token never waits)")
     p.add_argument("--threads", type=int, help="torch threads (default: TOKENRELAY_TORCH_THREADS or all cores)")
@@ -90,6 +92,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.add_argument("--hostname", help="Celery node name and lease owner id (default: tokenrelay-PID-RANDOM@HOST)")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
+
+
+def _chunk(value: str) -> int | None:
+    """``--prefill-chunk``: a number of tokens, or ``auto`` (None: sized by measured step cost)."""
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens or 'auto', got {value!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -228,3 +228,26 @@ def test_a_prompt_is_chunked_in_even_shares(tiny: LoadedModel) -> None:
     assert sum(shares) == width and len(shares) == math.ceil(width / 8)
     assert max(shares) - min(shares) <= 1, shares
     assert trace.tokens("v") == drive(Engine(tiny), {0: [("v", greedy("zzz " * 5, 4))]}).tokens("v")
+
+
+def test_auto_chunks_are_sized_from_the_passes_own_times(smol: LoadedModel) -> None:
+    engine = Engine(smol, Limits(prefill_chunk=None))  # "auto": chunk_sizer.py sizes it
+    core = engine.core
+    assert isinstance(core, EngineCore)
+    run = core.runner.run
+    passes: list[tuple[int, int]] = []  # (columns carried, the sizer's chunk when the prefill began)
+
+    def spy(cache: Any, tokens: Any, prompts: Any, columns: int) -> Any:
+        if prompts is not None and cache is not None:
+            passes.append((min(columns, prompts.remaining), passes[0][1] if passes else core._chunks.chunk))
+        return run(cache, tokens, prompts, columns)
+
+    core.runner.run = spy  # type: ignore[method-assign]
+    arrivals = {0: [("a", greedy("Once upon a time", 40))], 6: [("b", greedy(LONG_PROMPT, 12))]}
+    together = drive(engine, arrivals)
+    # Plain steps and chunk steps were both measured, so the chunk in use is the sizer's own.
+    assert core._chunks.base_s is not None and core._chunks.per_token_s is not None
+    assert passes and all(columns <= chunk for columns, chunk in passes), passes
+    assert sum(columns for columns, _chunk in passes) == len(encode_prompt(smol, LONG_PROMPT, None))
+    alone = drive(Engine(smol), {0: [("b", greedy(LONG_PROMPT, 12))]})
+    assert together.tokens("b") == alone.tokens("b")

@@ -169,3 +169,14 @@ def test_json_line_is_one_line_whatever_the_text() -> None:
     line = record_json(Record(seq=0, text=text))
     assert len(line.splitlines()) == 1
     assert json.loads(line)["text"] == text
+
+
+def test_prefill_chunk_is_a_number_or_auto(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["worker"]).prefill_chunk == 32
+    assert parser.parse_args(["worker", "--prefill-chunk", "auto"]).prefill_chunk is None  # sized by step cost
+    assert parser.parse_args(["worker", "--prefill-chunk", "24"]).prefill_chunk == 24
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["worker", "--prefill-chunk", "big"])
+    assert exc.value.code == 2
+    assert "expected a number of tokens or 'auto', got 'big'" in capsys.readouterr().err

@@ -6,10 +6,12 @@ the next chunk of the requests being admitted (packed.py).  When no prefill is u
 requests wait, the ones that fit the limits (scheduler.py) start one: their prompts form one
 left-padded batch (``n`` choices share one prompt row and fork into ``n`` rows at the end; a
 resumed request has a row per choice, prompt plus published tokens).  While rows decode, a
-step takes at most ``Limits.prefill_chunk`` prompt tokens (the prompt spread evenly over
-the steps it needs: `_columns`), so a joining prompt costs the running rows a little per step
-instead of stalling them for a whole prefill pass (more when more requests wait than rows
-decode: `_budget`); with no row decoding, nobody waits for a token and the prompts go whole.  The chunks build the
+step takes a chunk of prompt tokens (the prompt spread evenly over the steps it needs:
+`_columns`), so a joining prompt costs the running rows a little per step instead of stalling
+them for a whole prefill pass (more when more requests wait than rows decode: `_budget`); with
+no row decoding, nobody waits for a token and the prompts go whole.  The chunk is
+``Limits.prefill_chunk`` (32), or with "auto" (None) as large as keeps a step within 1.7 plain
+decode steps, learned from the passes' own times (chunk_sizer.py).  The chunks build the
 prompts' own KV cache; the pass that completes it also samples their first tokens.  Requests
 stay in `waiting` until then (cancelling one drops its share of the prefill), and in
 `running` from then on.  Each row samples from its own random stream (sampler.py).  The step
@@ -34,6 +36,7 @@ import torch
 
 from schemas.config import GenerationConfig
 from schemas.records import ErrorInfo
+from workers.engine.chunk_sizer import ChunkSizer
 from workers.engine.kv_cache import BatchCache
 from workers.engine.model_runner import LoadedModel, ModelRunner
 from workers.engine.output import CoreStep, Finished, Resume
@@ -110,6 +113,7 @@ class EngineCore:
         self.batch = BatchState()
         self._prefill: Prefill | None = None  # under way; its requests are still waiting
         self._joining: tuple[list[Row], BatchCache] | None = None  # prefilled, not in the batch yet
+        self._chunks = ChunkSizer(limits.max_batch_tokens)  # unless Limits.prefill_chunk fixes it
 
     # -- requests -------------------------------------------------------------------------
 
@@ -154,7 +158,10 @@ class EngineCore:
             return None
         started = time.time()
         prompts = prefill.prompts if prefill is not None else None
-        decoded, prompted = self.runner.run(self.batch.cache, self.batch.last_tokens(), prompts, self._columns(prefill))
+        columns = self._columns(prefill)
+        decoded, prompted = self.runner.run(self.batch.cache, self.batch.last_tokens(), prompts, columns)
+        if rows and self.runner.packs:  # what a step costs the running rows
+            self._chunks.observe(columns * prompts.rows if prompts is not None else 0, time.time() - started)
         step = self._sample(rows, decoded) if decoded is not None else CoreStep([], time.time())
         step.decoded = list({r.request_id: None for r, _c in rows})
         if prefill is not None:
@@ -193,7 +200,8 @@ class EngineCore:
         rows = len(self.batch.rows)
         if not rows:
             return None
-        return min(self.limits.max_batch_tokens, self.limits.prefill_chunk * max(1, -(-len(self.waiting) // rows)))
+        chunk = self.limits.prefill_chunk or self._chunks.chunk
+        return min(self.limits.max_batch_tokens, chunk * max(1, -(-len(self.waiting) // rows)))
 
     def _columns(self, prefill: Prefill | None) -> int:
         """Prompt columns for this step's pass: while rows decode, what is left spread evenly

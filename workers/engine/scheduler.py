@@ -24,11 +24,13 @@ class Limits:
     # Prompt tokens prefilled per step while rows decode (chunked prefill, core.py): more
     # means a faster TTFT for long prompts and slower steps for the decoding rows (README,
     # "load sweep": 32 keeps their inter-token p99 within 2x p50 on a 2-core CPU, 64 does not).
-    prefill_chunk: int = 32
+    # None ("auto"): as many as keep such a step within 1.7 plain decode steps, measured as it
+    # runs (chunk_sizer.py: ~15-30 here, hundreds where prompt tokens are cheap, as on a GPU).
+    prefill_chunk: int | None = 32
 
     def __post_init__(self) -> None:
         for name in ("max_running", "max_batch_rows", "max_batch_tokens", "max_queued", "prefill_chunk"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
