@@ -70,8 +70,8 @@ def scaled(trace: list[Arrival], load: float) -> list[Arrival]:
 
 def child(args: argparse.Namespace) -> None:
     """One engine, every load: one JSON line per run on stdout."""
-    chunk = {"default": {}, "auto": {"prefill_chunk": None}}.get(args.chunk, {"prefill_chunk": int(args.chunk)})
-    limits = Limits(**chunk)
+    chunk = None if args.chunk == "auto" else int(args.chunk) if args.chunk != "default" else Limits().prefill_chunk
+    limits = Limits(prefill_chunk=chunk)
     path = str(ensure_smollm2())
     if args.engine == "vllm":
         import torch

@@ -160,9 +160,9 @@ class EngineCore:
         prompts = prefill.prompts if prefill is not None else None
         columns = self._columns(prefill)
         decoded, prompted = self.runner.run(self.batch.cache, self.batch.last_tokens(), prompts, columns)
-        if rows and self.runner.packs:  # what a step costs the running rows
-            self._chunks.observe(columns * prompts.rows if prompts is not None else 0, time.time() - started)
         step = self._sample(rows, decoded) if decoded is not None else CoreStep([], time.time())
+        if rows and self.runner.packs:  # what the step cost its rows (sampled: a GPU's pass is over)
+            self._chunks.observe(columns * prompts.rows if prompts is not None else 0, time.time() - started)
         step.decoded = list({r.request_id: None for r, _c in rows})
         if prefill is not None:
             prefill.spent += time.time() - started
