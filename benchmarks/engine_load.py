@@ -25,6 +25,7 @@ import time
 from benchmarks.common import percentile
 from benchmarks.prefill_stalls import token_times
 from benchmarks.vllm_ref import Arrival, s4_trace
+from cli.worker_cmd import prefill_chunk_arg
 from schemas.config import GenerationConfig
 from workers.engine.engine import Engine
 from workers.engine.scheduler import Limits
@@ -70,8 +71,7 @@ def scaled(trace: list[Arrival], load: float) -> list[Arrival]:
 
 def child(args: argparse.Namespace) -> None:
     """One engine, every load: one JSON line per run on stdout."""
-    chunk = None if args.chunk == "auto" else int(args.chunk) if args.chunk != "default" else Limits().prefill_chunk
-    limits = Limits(prefill_chunk=chunk)
+    limits = Limits(prefill_chunk=args.chunk)
     path = str(ensure_smollm2())
     if args.engine == "vllm":
         import torch
@@ -98,7 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine", help=argparse.SUPPRESS)  # the child's
     p.add_argument("--loads", default="1.0", type=lambda s: [float(x) for x in s.split(",")])
     p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--chunk", default="default", help="the builtin engine's prefill chunk: N, auto or default")
+    p.add_argument(
+        "--chunk",
+        type=prefill_chunk_arg,
+        default=Limits().prefill_chunk,
+        help="the builtin engine's prefill chunk: N or auto",
+    )
     p.add_argument("--prepack", choices=("0", "1"), help="TOKENRELAY_CPU_PREPACK for the builtin engine")
     p.add_argument("--quick", action="store_true", help="scenario 4's quick trace")
     args = p.parse_args(argv)
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ, **({"TOKENRELAY_CPU_PREPACK": args.prepack} if args.prepack else {}))
     for name in args.engines.split(","):
         cmd = [sys.executable, "-m", "benchmarks.engine_load", "--engine", name, "--repeat", str(args.repeat)]
-        cmd += ["--loads", ",".join(map(str, args.loads)), "--chunk", args.chunk]
+        cmd += ["--loads", ",".join(map(str, args.loads)), "--chunk", "auto" if args.chunk is None else str(args.chunk)]
         cmd += ["--quick"] if args.quick else []
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
             assert proc.stdout is not None

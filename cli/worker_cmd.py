@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.add_argument("--max-queued", type=int, default=256, help="requests waiting inside the engine")
     p.add_argument(
         "--prefill-chunk",
-        type=_chunk,
+        type=prefill_chunk_arg,
         default=32,
         metavar="N|auto",
         help="prompt tokens prefilled per step while rows decode (builtin engine's chunked prefill: more is a "
@@ -94,7 +94,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.set_defaults(func=run)
 
 
-def _chunk(value: str) -> int | None:
+def prefill_chunk_arg(value: str) -> int | None:
     """``--prefill-chunk``: a number of tokens, or ``auto`` (None: sized by measured step cost)."""
     if value == "auto":
         return None
