@@ -37,6 +37,7 @@ def test_metrics_while_running_and_after(server_factory: object, tiny_model_dir:
     with WorkerProcess(redis_url=url, model=str(tiny_model_dir), extra_args=args) as worker:
         worker.wait_ready()
         assert f"metrics on http://127.0.0.1:{port}/metrics" in worker.log_tail(100)
+        assert "start-up objects out of the garbage collector's walks" in worker.log_tail(100)  # gc.freeze
         producer, reader = Producer(url), StreamReader(url)
         idle = scrape(port)
         assert idle["tokenrelay_worker_running_requests"] == 0 and idle["tokenrelay_worker_kv_cache_bytes"] == 0
