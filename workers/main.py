@@ -8,7 +8,6 @@ more tasks than it can run.
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import logging
 import os
@@ -23,6 +22,7 @@ from celery import Celery
 
 from broker.app import make_celery
 from schemas.errors import WorkerStartError
+from schemas.heap import freeze_startup_heap
 from schemas.job import DEFAULT_QUEUE, queue_for_model
 from schemas.redis_util import connect, refuse_cluster_node, translate_redis_errors
 from schemas.settings import engine, engine_args, model_name, redis_url, torch_threads, ttl_s
@@ -171,22 +171,9 @@ def serve(
         started_at=time.time(),
     )
     heartbeat = Heartbeat(runner.sink, runner, info).start()
-    _freeze_startup_heap()
+    frozen = freeze_startup_heap()  # the engine thread's full GC walks were ~0.2 s pauses
+    log.info("froze %d start-up objects out of the garbage collector's walks", frozen)
     return heartbeat
-
-
-def _freeze_startup_heap() -> None:
-    """Move every object alive now (torch, transformers, Celery, the model's modules: ~420k
-    for SmolLM2) out of the garbage collector's sight.
-
-    Why: a full collection walks every tracked object, and here that took ~0.2 s, a pause of
-    the engine thread (it holds the GIL) that every running stream saw as one slow token,
-    about every 30 s under load.  What is loaded at start lives as long as the process, so
-    scanning it finds nothing; frozen, a full collection only walks what came after.  vLLM
-    and SGLang freeze theirs after start-up for the same reason."""
-    gc.collect()
-    gc.freeze()
-    log.info("froze %d start-up objects out of the garbage collector's walks", gc.get_freeze_count())
 
 
 def _serve_metrics(runner: EngineRunner, name: str, port: int, host: str) -> None:
