@@ -227,6 +227,7 @@ def test_a_prompt_is_chunked_in_even_shares(tiny: LoadedModel) -> None:
     assert width % 8, f"the prompt ({width} columns) must not split into full chunks for this test"
     assert sum(shares) == width and len(shares) == math.ceil(width / 8)
     assert max(shares) - min(shares) <= 1, shares
+    assert core._chunks.base_s is None, "a fixed chunk: the auto sizer is not fed"
     assert trace.tokens("v") == drive(Engine(tiny), {0: [("v", greedy("zzz " * 5, 4))]}).tokens("v")
 
 

@@ -113,7 +113,7 @@ class EngineCore:
         self.batch = BatchState()
         self._prefill: Prefill | None = None  # under way; its requests are still waiting
         self._joining: tuple[list[Row], BatchCache] | None = None  # prefilled, not in the batch yet
-        self._chunks = ChunkSizer(limits.max_batch_tokens)  # unless Limits.prefill_chunk fixes it
+        self._chunks = ChunkSizer(limits.max_batch_tokens)  # fed and used only with prefill_chunk "auto"
 
     # -- requests -------------------------------------------------------------------------
 
@@ -161,7 +161,8 @@ class EngineCore:
         columns = self._columns(prefill)
         decoded, prompted = self.runner.run(self.batch.cache, self.batch.last_tokens(), prompts, columns)
         step = self._sample(rows, decoded) if decoded is not None else CoreStep([], time.time())
-        if rows and self.runner.packs:  # what the step cost its rows (sampled: a GPU's pass is over)
+        if self.limits.prefill_chunk is None and rows and self.runner.packs:
+            # "auto": what the step cost its rows (timed to the sampled tokens: a GPU's pass is over)
             self._chunks.observe(columns * prompts.rows if prompts is not None else 0, time.time() - started)
         step.decoded = list({r.request_id: None for r, _c in rows})
         if prefill is not None:

@@ -81,8 +81,10 @@ class _Pack:
         self.decode_mask: torch.Tensor | None = None
         self.chunk_mask: torch.Tensor | None = None
         self.start = self.stop = 0
-        if cache is not None:
-            # Each row sees its real columns and the new token (rows, 1, 1, T+1).
+        if cache is not None and not bool(cache.mask.all()):
+            # Each row sees its real columns and the new token (rows, 1, 1, T+1).  With no
+            # padding at all (one row, or rows of equal length) it sees every column: no mask,
+            # and SDPA takes its unmasked kernel (one row here: 45 -> 25 us a layer).
             mask = torch.cat([cache.mask, cache.mask.new_ones((cache.rows, 1))], dim=1)
             self.decode_mask = mask.bool()[:, None, None, :]
         if prompts is not None:

@@ -30,8 +30,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("max_running", "max_batch_rows", "max_batch_tokens", "max_queued", "prefill_chunk"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def admit(
