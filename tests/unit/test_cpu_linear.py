@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from workers.engine import cpu_linear
 from workers.engine.cpu_linear import PackedLinear, prepack_linears
-from workers.engine.model_runner import load_model
+from workers.engine.model_runner import cpu_has_bf16, load_model
 
 pytestmark = pytest.mark.skipif(
     not cpu_linear.available(torch.nn.Linear(2, 2)), reason="oneDNN linear ops missing from this torch"
@@ -62,3 +62,19 @@ def test_a_layer_onednn_disagrees_on_stays_unpacked(monkeypatch: pytest.MonkeyPa
 def test_half_precision_models_are_left_alone() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(8, 8).to(torch.float16))
     assert prepack_linears(model) == 0
+
+
+def test_a_bfloat16_model_is_prepacked_and_decodes_like_the_plain_one(tiny_model_dir: Path) -> None:
+    """``--dtype bfloat16``: bf16 weights, oneDNN's bf16 kernels where the CPU has bf16 units,
+    logits within bf16's precision of the plain bf16 model's."""
+    loaded = load_model("tiny", str(tiny_model_dir), "bfloat16")
+    assert next(loaded.model.parameters()).dtype is torch.bfloat16
+    packed = sum(isinstance(m, PackedLinear) for m in loaded.model.modules())
+    if cpu_has_bf16():
+        assert packed > 0
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
+    with torch.inference_mode():
+        got, expected = loaded.model(ids).logits.float(), plain(ids).logits.float()
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05 * scale)

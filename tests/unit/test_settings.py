@@ -30,6 +30,7 @@ def test_defaults() -> None:
     assert settings.device() is None and settings.torch_threads() is None
     assert settings.api_keys() == [] and settings.task_events() is False
     assert settings.redis_max_connections() == 4096
+    assert settings.dtype() == "auto"
     settings.validate_environment()
 
 
@@ -38,6 +39,8 @@ def test_explicit_argument_wins_over_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TOKENRELAY_TORCH_THREADS", "4")
     assert settings.lease_s() == 2.5 and settings.lease_s(1.0) == 1.0
     assert settings.torch_threads() == 4 and settings.torch_threads(2) == 2
+    monkeypatch.setenv("TOKENRELAY_DTYPE", "bfloat16")
+    assert settings.dtype() == "bfloat16" and settings.dtype("float32") == "float32"
 
 
 def test_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,6 +80,7 @@ BAD = [
     ("TOKENRELAY_MAX_ATTEMPTS", "2.5", settings.max_attempts),
     ("TOKENRELAY_DEVICE", "tpu", settings.device),
     ("TOKENRELAY_TORCH_THREADS", "many", settings.torch_threads),
+    ("TOKENRELAY_DTYPE", "bf16", settings.dtype),
     ("TOKENRELAY_TASK_EVENTS", "maybe", settings.task_events),
     ("TOKENRELAY_METRICS_PORT", "http", settings.metrics_port),
     ("TOKENRELAY_METRICS_PORT", "-1", settings.metrics_port),

@@ -2,12 +2,15 @@
 
 Device and dtype are chosen automatically: CUDA with bf16 (fp16 where bf16 is not
 supported) when a GPU is present, else CPU with fp32 (linear layers prepacked for oneDNN:
-cpu_linear.py).
+cpu_linear.py).  ``--dtype`` / ``TOKENRELAY_DTYPE`` overrides the dtype: ``bfloat16`` on a CPU
+with bf16 units (AVX512-BF16, AMX) makes decode steps ~1.4x faster, its tokens no longer
+those of an fp32 ``generate``.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +26,29 @@ from workers.engine.kv_cache import BatchCache
 from workers.engine.packed import Prompts, packable, packed_forward
 from workers.engine.token_bytes import build_token_bytes
 
+log = logging.getLogger(__name__)
 
-def pick_device() -> tuple[torch.device, torch.dtype]:
+
+def pick_device(dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """The device (TOKENRELAY_DEVICE, else CUDA when present, else CPU) and the dtype: ``dtype``
+    by name (settings.DTYPES), or for "auto" bf16 on CUDA (fp16 without bf16), fp32 elsewhere."""
     forced = forced_device()
     device = torch.device(forced) if forced else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype != "auto":
+        picked: torch.dtype = getattr(torch, dtype)
+        if device.type == "cpu" and picked is torch.bfloat16 and not cpu_has_bf16():
+            log.warning("--dtype bfloat16 on a CPU without bf16 units: emulated, likely slower than float32")
+        return device, picked
     if device.type == "cuda":
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return device, torch.float32
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 products natively (AVX512-BF16 or AMX tiles)."""
+    cpu = torch.cpu
+    checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and bool(check()) for check in checks)
 
 
 @dataclass
@@ -43,11 +62,12 @@ class LoadedModel:
     max_context: int
 
 
-def load_model(name: str, path: str) -> LoadedModel:
+def load_model(name: str, path: str, dtype: str = "auto") -> LoadedModel:
+    """``dtype``: a name of settings.DTYPES ("auto": see `pick_device`)."""
     hf_logging.disable_progress_bar()  # one log line says the model is ready; no bars in worker logs
-    device, dtype = pick_device()
+    device, torch_dtype = pick_device(dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     model = model.to(device).eval()
     if cpu_prepack():
         prepack_linears(model)  # CPU only: skinny decode products run ~1.5x faster (cpu_linear.py)
