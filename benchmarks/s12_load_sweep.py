@@ -14,6 +14,9 @@ tokens/s), the load the goals are stated at (issue "builtin engine under real tr
 tokens/s >= 0.9 of vLLM's, TTFT p50 and p99 <= 3x vLLM's; everywhere: inter-token p99 <= 2x
 its p50.  (The sweep's 100 % point used to stand in for it, while the batch-16 capacity was
 about scenario 4's offered load; the engine has outgrown that.)
+
+Both sides run fp32 (the builtin engine's CPU default); with ``TOKENRELAY_DTYPE=bfloat16`` in
+the environment both run bf16 (the worker reads it; ``vllm_ref.server_dtype``).
 """
 
 from __future__ import annotations

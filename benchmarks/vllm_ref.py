@@ -47,6 +47,7 @@ from benchmarks.prompts import story_prompt, story_prompts
 from benchmarks.s2_ttft import IDLE_S, PROMPT
 from benchmarks.s4_poisson import SEED
 from benchmarks.s4_poisson import arrivals as s4_arrivals
+from schemas import settings
 
 VLLM_VENV_PYTHON = "/work/vllm-venv/bin/python"
 SERVED_NAME = "smollm2"
@@ -102,6 +103,14 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def server_dtype() -> str:
+    """The server's dtype: the builtin engine's (``TOKENRELAY_DTYPE``, so that
+    ``TOKENRELAY_DTYPE=bfloat16 python -m benchmarks --only 12`` compares bf16 with bf16), with
+    "auto" meaning fp32, what the builtin engine runs on a CPU (vLLM's auto would be bf16)."""
+    picked = settings.dtype()
+    return "float32" if picked == "auto" else picked
+
+
 def server_args(model_dir: str, python: str, port: int, extra: Sequence[str] = ()) -> list[str]:
     """The server's command line; ``extra``: more of vLLM's flags, e.g. ``--enforce-eager``."""
     return [
@@ -110,7 +119,7 @@ def server_args(model_dir: str, python: str, port: int, extra: Sequence[str] = (
         "--served-model-name", SERVED_NAME,
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--dtype", "float32",
+        "--dtype", server_dtype(),
         "--max-model-len", "2048",
         "--disable-uvicorn-access-log",
         *extra,
