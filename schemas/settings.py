@@ -64,6 +64,17 @@ def _pick(explicit: object, argument: str, env: str) -> tuple[object, str] | Non
     return None if raw is None else (raw, env)
 
 
+def _choice(explicit: str | None, argument: str, env: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first is the default), or an error naming the argument or variable."""
+    picked = _pick(explicit, argument, env)
+    if picked is None:
+        return choices[0]
+    value, source = str(picked[0]), picked[1]
+    if value not in choices:
+        raise ValidationError(source, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _number(raw: object, field: str, kind: type[N], minimum: N, unit: str) -> N:
     """``raw`` as an int or float no smaller than ``minimum``, or an error naming ``field``."""
     noun = "a whole number" if kind is int else "a number"
@@ -230,13 +241,7 @@ def dtype(explicit: str | None = None) -> str:
     ``auto`` (bf16 on a GPU, fp16 where it lacks bf16; fp32 on a CPU, whose greedy tokens equal
     transformers' ``generate``).  ``bfloat16`` on a CPU with bf16 units (AVX512-BF16, AMX) runs
     decode steps ~1.4x faster (README, benchmarks) with slightly different tokens."""
-    picked = _pick(explicit, "dtype", "TOKENRELAY_DTYPE")
-    if picked is None:
-        return DTYPES[0]
-    value, source = str(picked[0]), picked[1]
-    if value not in DTYPES:
-        raise ValidationError(source, f"must be one of {', '.join(DTYPES)}, got {value!r}")
-    return value
+    return _choice(explicit, "dtype", "TOKENRELAY_DTYPE", DTYPES)
 
 
 def torch_threads(explicit: int | None = None) -> int | None:
@@ -257,13 +262,7 @@ ENGINES = ("builtin", "vllm")
 
 def engine(explicit: str | None = None) -> str:
     """The worker's engine core: argument, ``TOKENRELAY_ENGINE``, else ``builtin``."""
-    picked = _pick(explicit, "engine", "TOKENRELAY_ENGINE")
-    if picked is None:
-        return ENGINES[0]
-    value, source = str(picked[0]), picked[1]
-    if value not in ENGINES:
-        raise ValidationError(source, f"must be one of {', '.join(ENGINES)}, got {value!r}")
-    return value
+    return _choice(explicit, "engine", "TOKENRELAY_ENGINE", ENGINES)
 
 
 def engine_args(explicit: list[str] | None = None) -> dict[str, object]:
