@@ -77,23 +77,36 @@ class StreamSink:
     # -- starting a request ------------------------------------------------------------------
 
     def claim(self, request_id: str, ttl_s: int, job: dict[str, Any] | None = None) -> ClaimReply:
-        """Take the request's lease if nobody holds it and its stream has not ended.
+        """Take the request's lease if nobody holds it and its stream has not ended (see
+        `claim_and_read`)."""
+        return self.claim_and_read(request_id, ttl_s, job)[0]
+
+    def claim_and_read(
+        self, request_id: str, ttl_s: int, job: dict[str, Any] | None = None
+    ) -> tuple[ClaimReply, StreamState]:
+        """Take the request's lease if nobody holds it and its stream has not ended, and read
+        what the stream holds, in one round trip (a fresh request reaches the engine one trip
+        sooner): Redis runs a connection's commands in order, so the read sees the stream as
+        the claim left it, and a holder of the lease is the only writer after that.
 
         The request enters the lease index in the same round trip: a worker that dies between
         its claim and its first step's publish (which renews the index) must not leave a
         request that no scan can find.  Whatever the claim answers, the entry is harmless: an
         ended request's entry is dropped by the next scan, a held one is its holder's."""
         args = (self.worker_id, str(self.book.lease_ms), str(ttl_s), json.dumps(job) if job else "")
-        keys3 = (keys.deltas_key(request_id), keys.lease_key(request_id), keys.meta_key(request_id))
+        deltas = keys.deltas_key(request_id)
+        keys3 = (deltas, keys.lease_key(request_id), keys.meta_key(request_id))
 
-        def claim(_attempt: int) -> object:
+        def trip(_attempt: int) -> list[object]:
             index = ("ZADD", keys.LEASES_KEY, str(int(time.time() * 1000) + self.book.lease_ms), request_id)
-            return self._script_round_trip([("claim", keys3, args)], [index])[0]
+            read = [("XRANGE", deltas, "-", "+"), ("EXISTS", keys.cancel_key(request_id))]
+            return self._script_round_trip([("claim", keys3, args)], [index, *read])
 
-        reply = self._until_sent(claim)
-        if isinstance(reply, Exception):
-            raise reply
-        return ClaimReply.parse(reply)  # type: ignore[arg-type]
+        reply, _indexed, entries, cancelled = self._until_sent(trip)
+        for answer in (reply, entries, cancelled):
+            if isinstance(answer, Exception):
+                raise answer
+        return ClaimReply.parse(reply), _stream_state(entries, cancelled)  # type: ignore[arg-type]
 
     def read_stream(self, request_id: str) -> StreamState:
         """Everything already in the request's stream, and whether it is being cancelled."""
@@ -105,15 +118,7 @@ class StreamSink:
             entries, cancelled = pipe.execute()
             return entries, cancelled
 
-        entries, cancelled = self._until_sent(read)
-        last_id = entries[-1][0].decode() if entries else "0-0"
-        try:
-            records: list[Record] | SchemaError = [
-                decode(fields.get(FIELD.encode(), b""), eid.decode()) for eid, fields in entries
-            ]
-        except SchemaError as exc:
-            records = exc
-        return StreamState(records, last_id, bool(cancelled))
+        return _stream_state(*self._until_sent(read))
 
     def hold(
         self, request_id: str, owner: str, last_id: str, ttl_s: int, tokens: int = 0, job: Job | None = None
@@ -341,3 +346,20 @@ class StreamSink:
 def _batch_of(job: Job | None) -> str | None:
     batch = job.extra.get("batch") if job is not None else None
     return batch if isinstance(batch, str) else None
+
+
+def _stream_state(entries: Sequence[Any], cancelled: object) -> StreamState:
+    """A stream's entries (redis-py's ``(id, {field: value})`` or the raw ``[id, [field,
+    value, ...]]`` of a packed round trip) and its cancel key's EXISTS, as a `StreamState`."""
+    pairs = [
+        (eid, fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True)))
+        for eid, fields in entries
+    ]
+    last_id = pairs[-1][0].decode() if pairs else "0-0"
+    try:
+        records: list[Record] | SchemaError = [
+            decode(fields.get(FIELD.encode(), b""), eid.decode()) for eid, fields in pairs
+        ]
+    except SchemaError as exc:
+        records = exc
+    return StreamState(records, last_id, bool(cancelled))

@@ -197,7 +197,7 @@ class EngineRunner:
         self, ticket: Ticket, request_id: str, job: Job | None, invalid: ValidationError | None
     ) -> _Intake | None:
         ttl_s = job.ttl_s if job is not None else self.sink.ttl_s
-        claim = self.sink.claim(request_id, ttl_s, job.to_dict() if job is not None else None)
+        claim, state = self.sink.claim_and_read(request_id, ttl_s, job.to_dict() if job is not None else None)
         if claim.kind is not Claim.CLAIMED:
             if claim.kind is Claim.ENDED:
                 self.sink.unindex([request_id])  # the claim's round trip indexed it
@@ -205,7 +205,6 @@ class EngineRunner:
             if claim.kind is Claim.OWNED:
                 log.info("request %s is already held by %s; settling this copy of its task", request_id, claim.owner)
             return None
-        state = self.sink.read_stream(request_id)
         config = job.config if job is not None else GenerationConfig()
         if invalid is not None:
             start = Start(StartKind.REFUSE, error=ErrorInfo("invalid_request", str(invalid)))

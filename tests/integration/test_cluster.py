@@ -414,6 +414,10 @@ def test_the_sinks_step_is_one_script_per_request_on_its_node(
     masters = {cluster.primary_port_of(keys.deltas_key(rid)) for rid in rids}
     assert {port: after[port] - before[port] for port in masters} == dict.fromkeys(masters, 1)
     assert all(cluster_client.xlen(keys.deltas_key(rid)) == 21 for rid in rids)
+    # Another worker's claim reads the stream in the same trip (redis-py's parsed XRANGE here).
+    other = StreamSink(cluster_client, 120, cluster.url, worker_id="other", lease_s=5.0, max_backoff_s=0.2)
+    claim, state = other.claim_and_read(rids[0], 120)
+    assert claim.kind is Claim.OWNED and state.last_id == "21-0" and state == sink.read_stream(rids[0])
     # Ended, so that no live worker's scan tries to take them over.
     sink.publish([(rid, Record(seq=21, finish_reason="stop", usage=Usage())) for rid in rids])
     assert all(cluster_client.hget(keys.meta_key(rid), "status") == b"finished" for rid in rids)

@@ -36,9 +36,9 @@ def sink_of(client: redis.Redis, worker: str = "w1", ttl_s: int = 120, lease_s: 
 
 
 def claimed(sink: StreamSink, rid: str, ttl_s: int = 120) -> StreamSink:
-    claim = sink.claim(rid, ttl_s)
+    claim, state = sink.claim_and_read(rid, ttl_s)
     assert claim.kind is Claim.CLAIMED, claim
-    sink.hold(rid, claim.owner, sink.read_stream(rid).last_id, ttl_s)
+    sink.hold(rid, claim.owner, state.last_id, ttl_s)
     return sink
 
 
@@ -141,6 +141,23 @@ def test_a_zombie_that_lost_its_lease_writes_nothing(server: ValkeyServer) -> No
     heir.publish(steps("z", 4)[1:])
     texts = [decode(e[1][b"r"]).text for e in client.xrange(keys.deltas_key("z"))]
     assert texts == ["t0", "t1", "t2", ""]
+
+
+def test_a_claim_reads_the_stream_in_the_same_round_trip(server: ValkeyServer) -> None:
+    """What a worker starting a request needs: the claim and the stream as it left it."""
+    client = connect(url_of(server))
+    claim, state = sink_of(client, "w1").claim_and_read("fresh", 60)
+    assert claim.kind is Claim.CLAIMED and state.records == [] and state.last_id == "0-0" and not state.cancelled
+    zombie = claimed(sink_of(client, "w1", lease_s=0.2), "t")
+    zombie.publish(steps("t", 4)[:2])
+    time.sleep(0.4)  # its lease runs out: a takeover
+    client.set(keys.cancel_key("t"), "1")
+    client.script_flush()  # and a server that forgot the scripts: the whole trip is sent again
+    claim, state = sink_of(client, "w2").claim_and_read("t", 60)
+    assert claim.kind is Claim.CLAIMED and claim.owner == "w2/2"
+    assert isinstance(state.records, list) and [r.text for r in state.records] == ["t0", "t1"]
+    assert state.last_id == "2-0" and state.cancelled
+    assert state == sink_of(client, "w2").read_stream("t")
 
 
 def test_a_foreign_entry_is_a_conflict_not_a_lost_lease(server: ValkeyServer) -> None:
