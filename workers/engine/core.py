@@ -237,8 +237,9 @@ class EngineCore:
         live = {id(req) for req in prefill.requests}
         owners = [(i, req, choices) for i, (req, choices) in enumerate(prefill.owners) if id(req) in live]
         fork = [i for i, _req, choices in owners for _ in choices]
-        cache.keep(fork)
-        logits = logits.index_select(0, torch.tensor(fork, device=logits.device))
+        if fork != list(range(cache.rows)):  # else (one choice each, none cancelled) nothing moves
+            cache.keep(fork)
+            logits = logits.index_select(0, torch.tensor(fork, device=logits.device))
         rows = [(req, c) for _i, req, choices in owners for c in choices]
         self._joining = (rows, cache)
         first = self._sample(rows, logits)
@@ -273,7 +274,7 @@ class EngineCore:
         """A request whose logits are not finite (NaN/inf from the model) fails alone; the
         other rows of the batch go on.  Its rows stay in place (finished), so row indices
         and the cache stay aligned until `finish()` keeps the survivors."""
-        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        finite = finite_rows(logits)
         if all(finite):
             return [], logits
         broken = list(dict.fromkeys(rows[i][0].request_id for i, ok in enumerate(finite) if not ok))
@@ -294,6 +295,15 @@ class EngineCore:
             position=len(choice.generated),
             top_logprobs=cfg.top_logprobs if cfg.logprobs else -1,
         )
+
+
+def finite_rows(logits: torch.Tensor) -> list[bool]:
+    """Per row of ``logits`` (rows, vocab): whether every value is finite.
+
+    A row's extremes are finite exactly when all of it is (NaN propagates through both): two
+    reductions, ~10x cheaper than an elementwise ``isfinite`` over rows x vocabulary (16 rows of
+    SmolLM2's 49k logits: 50 vs 600 us, every step)."""
+    return (torch.isfinite(logits.amax(dim=-1)) & torch.isfinite(logits.amin(dim=-1))).tolist()
 
 
 def _prefill_rows(joined: list[Request]) -> tuple[list[list[int]], list[tuple[Request, list[Choice]]]]:
