@@ -51,10 +51,24 @@ def sample(logits: torch.Tensor, rows: list[RowSampling]) -> list[Sampled]:
         else:
             dist = _processed(logits[i], row)
             gen.manual_seed(draw_seed(row.seed, row.index, row.position))
-            probs = torch.softmax(dist, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=gen).item())
+            token = draw(dist, gen)
         out.append(_with_logprobs(token, dist, row.top_logprobs))
     return out
+
+
+def draw(dist: torch.Tensor, gen: torch.Generator) -> int:
+    """A token drawn from ``softmax(dist)`` by inverting its CDF with one uniform number.
+
+    Why not ``torch.multinomial``: on CPU it draws one exponential number per vocabulary entry
+    (the exponential race), ~0.75 ms for SmolLM2's 49k entries, so 12 ms of every step with 16
+    sampled rows; this is ~0.07 ms.  The CDF is summed in float64 (float32 would lose the
+    smallest probabilities among 49k partial sums) and scaled by its own total; tokens of
+    probability 0 (cut by top-k/top-p) have empty intervals and are never drawn."""
+    cdf = torch.softmax(dist, dim=-1).double().cumsum(dim=-1)
+    u = torch.rand((1,), generator=gen, dtype=torch.float64, device=dist.device) * cdf[-1]
+    token = int(torch.searchsorted(cdf, u, right=True))
+    # u < total, but the product may round up to it: then the last token of nonzero probability.
+    return token if token < cdf.shape[-1] else int(cdf.argmax())
 
 
 def _processed(row_logits: torch.Tensor, row: RowSampling) -> torch.Tensor:
