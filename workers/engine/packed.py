@@ -219,7 +219,10 @@ def packed_forward(
         positions.append(prompts.positions[:, pack.start : pack.stop].flatten())
     r = pack.decode_rows
     completes = prompts is not None and pack.stop == prompts.width
-    keep = list(range(r))  # only these tokens need logits (the lm head is a quarter of the model)
+    # Only these tokens need logits (the lm head is a quarter of the model).  The decode rows'
+    # in the engine's row order: gathering r hidden states here spares reordering r x vocab
+    # logits after the head (`BatchCache.logical`).
+    keep = list(cache.order) if cache is not None else []
     if completes:
         c = pack.stop - pack.start
         keep += [r + (row + 1) * c - 1 for row in range(prompts.rows)]  # type: ignore[union-attr]
@@ -236,7 +239,7 @@ def packed_forward(
     decoded = None
     if cache is not None:
         cache.append_step()
-        decoded = cache.logical(logits[:r])
+        decoded = logits[:r]
     if prompts is not None:
         prompts.done = pack.stop
     return decoded, (logits[r:] if completes else None)
