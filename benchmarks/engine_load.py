@@ -1,6 +1,7 @@
 """Scenario 4's traffic replayed on an engine in process (no Redis, no Celery, no HTTP).
 
-``python -m benchmarks.engine_load [--engines builtin,vllm] [--loads 1.0] [--repeat 1] [--temperature 0] [--quick]``
+``python -m benchmarks.engine_load [--engines builtin,vllm] [--loads 1.0] [--repeat 1] [--quick]``
+``[--temperature 0] [--top-p 1]``
 
 Each engine runs in a fresh interpreter of its own (vLLM sets threads up at start), one after
 the other, on the same arrivals: scenario 4's trace (64 story prompts, greedy, ``ignore_eos``,
@@ -9,7 +10,7 @@ load factor.  It prints, per engine and load: tokens/s (tokens over first arriva
 token), TTFT p50/p99 (arrival -> first token out of the core) and inter-token p50/p99 (gaps
 between a request's tokens), the engine-side numbers behind scenario 12's load sweep without
 the gateway's share.  A quick tool for changing the engine (``--chunk``, ``--prepack``,
-``--dtype``; ``--temperature`` samples instead of greedy, unseeded), not a scenario of the suite.
+``--dtype``; ``--temperature`` and ``--top-p`` sample instead of greedy, unseeded), not a scenario of the suite.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from workers.model_store import ensure_smollm2
 HEADS = ("tok/s", "ttft50", "ttft99", "itl50", "itl99", "p99/p50")
 
 
-def replay(engine: Engine, trace: list[Arrival], temperature: float = 0.0) -> dict[str, float]:
+def replay(engine: Engine, trace: list[Arrival], temperature: float = 0.0, top_p: float = 1.0) -> dict[str, float]:
     """Add each request at its arrival time and step the engine until every one has ended."""
     times = token_times(engine, time.perf_counter)
     start = due = time.perf_counter()
@@ -47,7 +48,7 @@ def replay(engine: Engine, trace: list[Arrival], temperature: float = 0.0) -> di
             a = pending.pop(0)
             due += a.gap_s
             rid = f"r{len(arrivals)}"
-            config = GenerationConfig(max_tokens=a.max_tokens, temperature=temperature, ignore_eos=True)
+            config = GenerationConfig(max_tokens=a.max_tokens, temperature=temperature, top_p=top_p, ignore_eos=True)
             engine.add(rid, prompt=a.prompt, config=config)
             arrivals[rid] = due
         if not engine.has_work():
@@ -87,10 +88,10 @@ def child(args: argparse.Namespace) -> None:
 
         engine = Engine(load_model("smollm2", path, args.dtype), limits)
     trace = s4_trace(args.quick)
-    replay(engine, scaled(trace[:4], 1.0), args.temperature)  # warm-up: the first passes pay one-off costs
+    replay(engine, scaled(trace[:4], 1.0), args.temperature, args.top_p)  # warm-up: the first passes pay one-off costs
     for _ in range(args.repeat):
         for load in args.loads:
-            run = replay(engine, scaled(trace, load), args.temperature)
+            run = replay(engine, scaled(trace, load), args.temperature, args.top_p)
             print(json.dumps({"engine": args.engine, "load": load, **run}), flush=True)
 
 
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prepack", choices=("0", "1"), help="TOKENRELAY_CPU_PREPACK for the builtin engine")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="the builtin engine's dtype (worker --dtype)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy, as scenario 4 (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature > 0)")
     p.add_argument("--quick", action="store_true", help="scenario 4's quick trace")
     args = p.parse_args(argv)
     if args.engine:
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.engines.split(","):
         cmd = [sys.executable, "-m", "benchmarks.engine_load", "--engine", name, "--repeat", str(args.repeat)]
         cmd += ["--loads", ",".join(map(str, args.loads)), "--chunk", "auto" if args.chunk is None else str(args.chunk)]
-        cmd += ["--dtype", args.dtype, "--temperature", str(args.temperature)]
+        cmd += ["--dtype", args.dtype, "--temperature", str(args.temperature), "--top-p", str(args.top_p)]
         cmd += ["--quick"] if args.quick else []
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
             assert proc.stdout is not None

@@ -77,14 +77,33 @@ def _processed(row_logits: torch.Tensor, row: RowSampling) -> torch.Tensor:
         kth = torch.topk(x, row.top_k).values[-1]
         x = x.masked_fill(x < kth, float("-inf"))
     if row.top_p < 1.0:
-        sorted_x, order = torch.sort(x, descending=True)
-        cum = torch.softmax(sorted_x, dim=-1).cumsum(dim=-1)
-        # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass
-        # *before* it already reaches top_p (so the top token always survives).
-        drop_sorted = (cum - torch.softmax(sorted_x, dim=-1)) >= row.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
-        x = x.masked_fill(drop, float("-inf"))
+        x = x.masked_fill(~nucleus(x, row.top_p), float("-inf"))
     return x
+
+
+def nucleus(x: torch.Tensor, top_p: float, first: int = 64) -> torch.Tensor:
+    """The tokens top-p keeps of ``softmax(x)``: the smallest most-probable prefix whose mass
+    reaches ``top_p`` (a token is cut when the mass *before* it already does, so the top token
+    always stays).  A bool mask over ``x``.
+
+    Why not sort the vocabulary: sorting 49k logits takes ~3.5 ms a row on CPU (16 sampled
+    rows: 56 ms a step, more than the forward pass).  The nucleus is usually small (SmolLM2
+    telling stories at temperature 0.8, top-p 0.9: median 8 tokens, 90th percentile 71, at
+    most 382), so the ``first`` most probable are looked at (``topk``, sorted), then 8 times as
+    many, and only if their mass is still short of ``top_p`` the whole vocabulary."""
+    probs = torch.softmax(x, dim=-1)
+    n = probs.shape[-1]
+    # topk of 49k: 57 us for 64, ~0.3 ms for 512; a whole sort 3 ms.  Past 512 (1 % of the
+    # nuclei above) the sort, so that a flat distribution costs little more than it did.
+    for k in (min(first, n), min(8 * first, n), n):
+        top, order = torch.topk(probs, k) if k < n else torch.sort(probs, descending=True)
+        cum = top.double().cumsum(dim=-1)  # float64: 49k partial sums, as in `draw`
+        if float(cum[-1]) >= top_p:
+            break
+    kept = int(((cum - top) < top_p).sum())  # mass before each is increasing: a prefix
+    mask = torch.zeros(n, dtype=torch.bool, device=x.device)
+    mask[order[:kept]] = True
+    return mask
 
 
 def _with_logprobs(token: int, dist: torch.Tensor, top_n: int) -> Sampled:
