@@ -154,8 +154,8 @@ def _fuse_siblings(parent: torch.nn.Module, names: tuple[str, ...]) -> int:
     if not all(type(m) is torch.nn.Linear for m in linears):
         return 0
     group: list[torch.nn.Linear] = linears  # type: ignore[assignment]
-    first = group[0].weight
-    alike = all(m.in_features == group[0].in_features and m.weight.dtype == first.dtype for m in group)
+    head = group[0]
+    alike = all(m.in_features == head.in_features and m.weight.dtype == head.weight.dtype for m in group)
     if not alike or len({m.bias is None for m in group}) > 1:
         return 0  # left to PackedLinear one by one
     try:

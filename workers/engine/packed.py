@@ -219,9 +219,9 @@ def packed_forward(
         positions.append(prompts.positions[:, pack.start : pack.stop].flatten())
     r = pack.decode_rows
     completes = prompts is not None and pack.stop == prompts.width
-    # Only these tokens need logits (the lm head is a quarter of the model).  The decode rows'
-    # in the engine's row order: gathering r hidden states here spares reordering r x vocab
-    # logits after the head (`BatchCache.logical`).
+    # Only these tokens need logits (the lm head is a quarter of the model); the decode rows'
+    # tokens in the engine's row order: gathering r hidden states here spares reordering
+    # r x vocab logits after the head (`BatchCache.logical`).
     keep = list(cache.order) if cache is not None else []
     if completes:
         c = pack.stop - pack.start
