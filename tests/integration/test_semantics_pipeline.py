@@ -80,6 +80,21 @@ def second_tiny_stack(server_factory: Any, tiny_model_dir: Path) -> Iterator[Sta
     yield from stack_of(server_factory(), str(tiny_model_dir), ["--threads", "1"])
 
 
+def test_a_nucleus_of_one_token_samples_the_greedy_tokens(tiny_stack: Stack) -> None:
+    """Top-p through a real worker (sampler.nucleus): a top_p so small that only the most
+    probable token is ever kept draws, at temperature 1 and any seed, exactly greedy's tokens;
+    a top_p of 0.9 on the same seed draws the same tokens twice."""
+    prompt, config = "héllo 日本", {"max_tokens": 24, "ignore_eos": True}
+    greedy = tokens(read(tiny_stack, tiny_stack.producer.submit(prompt, temperature=0, **config)))
+    narrow = tokens(read(tiny_stack, tiny_stack.producer.submit(prompt, temperature=1.0, top_p=1e-9, seed=3, **config)))
+    assert narrow == greedy and len(greedy) == 24
+    wide = [
+        tokens(read(tiny_stack, tiny_stack.producer.submit(prompt, temperature=1.0, top_p=0.9, seed=5, **config)))
+        for _ in range(2)
+    ]
+    assert wide[0] == wide[1] and len(wide[0]) == 24
+
+
 def test_same_seed_same_tokens_on_two_workers(tiny_stack: Stack, second_tiny_stack: Stack) -> None:
     config = {"max_tokens": 24, "temperature": 1.0, "n": 2, "ignore_eos": True}
     runs = [read(s, s.producer.submit("héllo 日本", seed=99, **config)) for s in (tiny_stack, second_tiny_stack)]
