@@ -257,6 +257,13 @@ def cpu_prepack() -> bool:
     return _flag("TOKENRELAY_CPU_PREPACK", True)
 
 
+def lean_forward() -> bool:
+    """``TOKENRELAY_LEAN_FORWARD``: the builtin engine runs Llama-like models through its own
+    forward pass (workers/engine/llama_forward.py: the same kernels, less Python); ``0`` runs
+    transformers' forward.  On by default."""
+    return _flag("TOKENRELAY_LEAN_FORWARD", True)
+
+
 ENGINES = ("builtin", "vllm")
 
 
@@ -363,6 +370,7 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("TOKENRELAY_DEVICE", "cuda if present, else cpu", "cpu, cuda, cuda:N, mps or xpu", device),
     EnvVar("TOKENRELAY_TORCH_THREADS", "all cores", "torch threads of a worker", torch_threads),
     EnvVar("TOKENRELAY_CPU_PREPACK", "1", "builtin engine prepacks weights for oneDNN on CPU", cpu_prepack),
+    EnvVar("TOKENRELAY_LEAN_FORWARD", "1", "builtin engine's own forward for Llama-like models", lean_forward),
     EnvVar("TOKENRELAY_DTYPE", "auto", "builtin engine dtype: auto, float32, bfloat16 or float16", dtype),
     EnvVar("TOKENRELAY_ENGINE", "builtin", "worker engine core: builtin or vllm", engine),
     EnvVar("TOKENRELAY_ENGINE_ARGS", "none", "vLLM EngineArgs as KEY=VALUE, space-separated", engine_args),

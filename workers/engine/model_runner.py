@@ -19,8 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.cache_utils import DynamicCache
 from transformers.utils import logging as hf_logging
 
-from schemas.settings import cpu_prepack
+from schemas.settings import cpu_prepack, lean_forward
 from schemas.settings import device as forced_device
+from workers.engine import llama_forward
 from workers.engine.cpu_linear import prepack_linears
 from workers.engine.kv_cache import BatchCache
 from workers.engine.packed import Prompts, packable, packed_forward
@@ -106,6 +107,7 @@ class ModelRunner:
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.packs = packable(self.model)  # decode rows and a prefill chunk share a pass
+        self.lean = self.packs and lean_forward() and llama_forward.supports(self.model)
         if warmup:
             self.warmup()
 
@@ -127,7 +129,7 @@ class ModelRunner:
         ``columns`` columns of ``prompts`` (prefill), packed into one pass (packed.py).
         Returns the decode rows' logits and, once the prompts are complete, theirs."""
         if self.packs:
-            return packed_forward(self.model, self._cache_arg, cache, tokens, prompts, columns)
+            return packed_forward(self.model, self._cache_arg, cache, tokens, prompts, columns, self.lean)
         # A model that cannot be packed: a decode pass, and the prompts whole in a pass of their own.
         decoded = self.decode(cache, tokens) if cache is not None else None
         if prompts is None:

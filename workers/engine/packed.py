@@ -29,6 +29,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import DynamicCache
 
+from workers.engine import llama_forward
 from workers.engine.kv_cache import BatchCache, GrowableLayer
 
 _PACKED = "tokenrelay_packed"
@@ -203,10 +204,17 @@ def _packed_attention(model: Any, pack: _Pack) -> Iterator[None]:
 
 
 def packed_forward(
-    model: Any, cache_arg: str, cache: BatchCache | None, tokens: list[int], prompts: Prompts | None, columns: int
+    model: Any,
+    cache_arg: str,
+    cache: BatchCache | None,
+    tokens: list[int],
+    prompts: Prompts | None,
+    columns: int,
+    lean: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """One pass: a new token for every row of ``cache`` (``tokens``, in the engine's row order)
-    and the next ``columns`` columns of ``prompts``.  Returns the decode rows' logits (engine
+    and the next ``columns`` columns of ``prompts``; through `llama_forward` if ``lean`` (it
+    must support the model), else through the model's own forward.  Returns the decode rows' logits (engine
     order) and, once the prompts are complete, each prompt row's next-token logits."""
     pack = _Pack(cache, prompts, columns)
     device = next(model.parameters()).device
@@ -226,16 +234,20 @@ def packed_forward(
     if completes:
         c = pack.stop - pack.start
         keep += [r + (row + 1) * c - 1 for row in range(prompts.rows)]  # type: ignore[union-attr]
-    with _packed_attention(model, pack):
-        out = model(
-            input_ids=torch.cat(ids)[None],
-            position_ids=torch.cat(positions)[None],
-            attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device),  # a placeholder
-            use_cache=True,
-            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=device),
-            **{cache_arg: _PackedCache(pack)},
-        )
-    logits = out.logits[0]
+    keep_idx = torch.tensor(keep, dtype=torch.long, device=device)
+    if lean:  # the same kernels without transformers' plumbing (llama_forward.py)
+        logits = llama_forward.forward(model, torch.cat(ids), torch.cat(positions), pack, keep_idx)
+    else:
+        with _packed_attention(model, pack):
+            out = model(
+                input_ids=torch.cat(ids)[None],
+                position_ids=torch.cat(positions)[None],
+                attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device),  # a placeholder
+                use_cache=True,
+                logits_to_keep=keep_idx,
+                **{cache_arg: _PackedCache(pack)},
+            )
+        logits = out.logits[0]
     decoded = None
     if cache is not None:
         cache.append_step()
