@@ -88,9 +88,13 @@ class FusedProduct:
         self._input: torch.Tensor | None = None
         self._parts: list[torch.Tensor | None] = []
 
+    def project(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every sibling's projection of ``x``, from one product (llama_forward.py calls this)."""
+        return list(_product(x, self.packed, self.bias).split(self.sizes, dim=-1))
+
     def take(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if x is not self._input or self._parts[index] is None:
-            self._input, self._parts = x, list(_product(x, self.packed, self.bias).split(self.sizes, dim=-1))
+            self._input, self._parts = x, list(self.project(x))
         part = self._parts[index]
         assert part is not None
         self._parts[index] = None

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from workers.engine.cpu_linear import FusedPart, _product
+from workers.engine.cpu_linear import FusedPart
 
 # Model types whose decoder layers are Llama's (Mistral's and Qwen2's sliding windows are
 # refused earlier by packed.packable).
@@ -101,5 +101,5 @@ def _siblings(modules: tuple[Any, ...], x: torch.Tensor) -> list[torch.Tensor]:
         if len(product.sizes) == len(modules) and all(
             isinstance(m, FusedPart) and m.product is product and m.index == j for j, m in enumerate(modules)
         ):
-            return list(_product(x, product.packed, product.bias).split(product.sizes, dim=-1))
+            return product.project(x)
     return [_linear(m, x) for m in modules]
