@@ -64,11 +64,18 @@ def poisoned(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, size: self.new_full(size, float("nan")))
 
 
+# Bytes of keys and values per row and column, all layers (fp32).
+PER_COLUMN = LAYERS * 2 * HEADS * DIM * 4
+
+
 @pytest.mark.usefixtures("poisoned")
-def test_random_joins_leaves_forks_and_steps_keep_every_row_its_own_cache() -> None:
+@pytest.mark.parametrize("reserved", [None, 12], ids=["growing", "reserved"])
+def test_random_joins_leaves_forks_and_steps_keep_every_row_its_own_cache(reserved: int | None) -> None:
     rng = random.Random(7)
     for _trial in range(20):
         batch, real = fresh([rng.randint(1, 6) for _ in range(rng.randint(1, 4))], rng)
+        if reserved is not None:  # a small reservation: moves, slides and growth past it all happen
+            batch.reserve(6, budget=6 * PER_COLUMN * reserved)
         for _op in range(25):
             op = rng.choice(["step", "step", "leave", "join", "fork"])
             if op == "step" and batch.rows:
@@ -135,3 +142,43 @@ def test_the_window_slides_back_in_place_when_it_reaches_the_buffers_end() -> No
         decode_step(batch, real)
         check(batch, real)
     assert layer._k is buffer and layer._start == 0  # slid back, no new memory
+
+
+@pytest.mark.usefixtures("poisoned")
+def test_a_reserved_cache_allocates_once_while_rows_join_and_columns_fill() -> None:
+    rng = random.Random(11)
+    batch, real = fresh([4], rng)
+    batch.reserve(8, budget=8 * PER_COLUMN * 200)
+    assert batch.layers[0]._k.shape[0] == 1  # nothing taken yet: a lone short request pays nothing
+    other, their = fresh([3], rng)
+    batch.extend(other)  # the first growth takes the reservation
+    real += their
+    buffer = batch.layers[0]._k
+    assert buffer.shape[0] >= 8 and buffer.shape[2] >= 200
+    for _ in range(6):  # six more rows join, some with longer prompts than the batch's columns
+        other, their = fresh([rng.randint(1, 12)], rng)
+        batch.extend(other)
+        real += their
+        for _ in range(20):
+            decode_step(batch, real)
+        check(batch, real)
+    assert batch.layers[0]._k is buffer and batch.rows == 8
+
+
+@pytest.mark.usefixtures("poisoned")
+def test_a_longer_prompt_moves_the_filled_part_right_within_a_reserved_buffer() -> None:
+    rng = random.Random(13)
+    batch, real = fresh([3, 2], rng)
+    batch.reserve(4, budget=4 * PER_COLUMN * 300)
+    for _ in range(70):  # past the first buffer's spare columns: the reservation is taken
+        decode_step(batch, real)
+    layer = batch.layers[0]
+    buffer = layer._k
+    assert buffer.shape[2] == 300 and layer._start < 80
+    longer, theirs = fresh([layer._start + 90], rng)  # more padding than there is room on the left
+    batch.extend(longer)
+    real += theirs
+    assert layer._k is buffer  # moved right in place, not copied into a new buffer
+    check(batch, real)
+    decode_step(batch, real)
+    check(batch, real)

@@ -52,9 +52,10 @@ NON_FINITE = ErrorInfo("model_error", "the model produced non-finite logits (NaN
 class BatchState:
     """The running rows and their KV cache: row ``i`` of `rows` is row ``i`` of `cache`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_rows: int) -> None:
         self.rows: list[Row] = []
         self.cache: BatchCache | None = None
+        self.max_rows = max_rows  # what the cache reserves room for when it starts
 
     @property
     def nbytes(self) -> int:
@@ -72,6 +73,7 @@ class BatchState:
             rows = [rows[i] for i in keep]
         if self.cache is None:
             self.cache = cache
+            cache.reserve(max(self.max_rows, cache.rows))
         else:
             self.cache.extend(cache)
         self.rows.extend(rows)
@@ -110,7 +112,7 @@ class EngineCore:
         self.limits = limits
         self.waiting: deque[Request] = deque()
         self.running: dict[str, Request] = {}
-        self.batch = BatchState()
+        self.batch = BatchState(limits.max_batch_rows)
         self._prefill: Prefill | None = None  # under way; its requests are still waiting
         self._joining: tuple[list[Row], BatchCache] | None = None  # prefilled, not in the batch yet
         self._chunks = ChunkSizer(limits.max_batch_tokens)  # fed and used only with prefill_chunk "auto"
@@ -143,7 +145,7 @@ class EngineCore:
         and those being prefilled are returned, for the caller to end."""
         prefilling = {req.request_id for req in self._prefill.requests} if self._prefill else set()
         self._prefill = self._joining = None
-        self.batch = BatchState()
+        self.batch = BatchState(self.limits.max_batch_rows)
         return set(self.running) | prefilling
 
     # -- passes ---------------------------------------------------------------------------

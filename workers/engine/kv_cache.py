@@ -13,14 +13,21 @@ and hands the model views of the filled part, so that the common changes copy on
   their own order: ``order[j]`` is where the engine's row ``j`` sits, and the decode pass
   scatters its tokens into that order and gathers the logits back (`physical`, `logical`);
 - a row that joins is written into a spare row, left-padded; a prompt longer than ``T`` first
-  widens every row into the spare columns on the left (zeros written, nothing moved);
+  widens every row into the spare columns on the left (zeros written, nothing moved; with too
+  few there but enough on the right, the filled part first moves right within the buffer);
 - columns that became padding in every row (the longest rows left) are dropped by starting
   the views later; when the views reach the buffer's right end, they slide back over those
   columns in place (the live rows' columns copied within the buffer, no new memory).
 
 At 64 rows and a few hundred columns the whole cache is around a gigabyte on CPU (fp32), and a
-whole-cache copy into fresh memory costs 0.1-0.9 s: several decode steps.  Only a fork (``n``
-choices), a reordering or running out of spare rows or columns (geometric growth) does that.
+whole-cache copy into fresh memory costs 0.1-0.9 s: several decode steps, mostly the kernel
+mapping the new pages.  Only a fork (``n`` choices), a reordering or running out of spare rows
+or columns (geometric growth) does that.  On CPU the batch cache therefore reserves its buffer
+once, at its first growth (`BatchCache.reserve`: room for every row the engine may run and as
+many columns as a byte budget allows): the kernel maps a page of it only when a column is first
+written there, so the reservation costs address space, not memory, and the memory grows a page
+at a time as columns fill instead of in one stall every running stream sees.  (On a GPU memory
+is taken when allocated: no reservation there; the caching allocator reuses freed blocks.)
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 _GROW = 64  # spare columns allocated at least
 _SPARE_ROWS = 8  # spare rows allocated at least when rows join
+RESERVE_BYTES = 1 << 30  # CPU: the address space the batch cache reserves when it starts
 
 
 class GrowableLayer(DynamicLayer):
@@ -43,6 +51,7 @@ class GrowableLayer(DynamicLayer):
         super().__init__()
         self.dtype, self.device = keys.dtype, keys.device
         self.is_initialized = True
+        self._reserved = (0, 0)  # rows, columns: no buffer is allocated smaller (`reserve`)
         self._set(keys, values)
 
     def _set(
@@ -54,8 +63,9 @@ class GrowableLayer(DynamicLayer):
         # page at a time as columns fill.  Masked columns must be finite (NaN * 0 weight is
         # still NaN): they are zeros or keys of padding tokens, never leftovers.
         b, h, t, d = keys.shape
-        self._k = keys.new_empty((b + spare_rows, h, left + t + spare, d))
-        self._v = values.new_empty((b + spare_rows, values.shape[1], left + t + spare, values.shape[3]))
+        rows, columns = max(b + spare_rows, self._reserved[0]), max(left + t + spare, self._reserved[1])
+        self._k = keys.new_empty((rows, h, columns, d))
+        self._v = values.new_empty((rows, values.shape[1], columns, values.shape[3]))
         self._k[:b, :, left : left + t] = keys
         self._v[:b, :, left : left + t] = values
         self._rows, self._start, self._len = b, left, t
@@ -66,6 +76,13 @@ class GrowableLayer(DynamicLayer):
         self.k_view = self._k[: self._rows, :, self._start : self._start + self._len]
         self.v_view = self._v[: self._rows, :, self._start : self._start + self._len]
         self.keys, self.values = self.k_view, self.v_view
+
+    def reserve(self, rows: int, columns: int) -> None:
+        """Every buffer allocated from now on (the next growth, a fork) holds at least
+        ``rows`` rows and ``columns`` columns.  Nothing is allocated now: a request that runs
+        alone and short never pays for the reservation (its first token is published after the
+        step that joins its row)."""
+        self._reserved = (rows, columns)
 
     def _spare(self) -> tuple[int, int]:
         """Spare columns on the right and spare rows."""
@@ -91,14 +108,24 @@ class GrowableLayer(DynamicLayer):
     def _slide_left(self) -> None:
         """Move the filled columns to the buffer's left edge, in place.  A window that only
         grows on the right and is trimmed on the left (long rows leaving) would otherwise reach
-        the buffer's end every ``spare`` steps and be copied into fresh memory.  Blocks of at
-        most ``start`` columns, left to right: no block's target overlaps a source not yet read."""
-        shift, n = self._start, self._len
-        for lo in range(0, n, shift):
-            hi = min(n, lo + shift)
-            self._k[: self._rows, :, lo:hi] = self._k[: self._rows, :, shift + lo : shift + hi]
-            self._v[: self._rows, :, lo:hi] = self._v[: self._rows, :, shift + lo : shift + hi]
-        self._start = 0
+        the buffer's end every ``spare`` steps and be copied into fresh memory."""
+        self._move_to(0)
+
+    def _move_to(self, start: int) -> None:
+        """Move the filled columns to start at column ``start``, in place: blocks of at most
+        the shift, the end they move towards first, so no block's target overlaps a source not
+        yet read."""
+        shift, n = start - self._start, self._len
+        if shift == 0:
+            return
+        step = abs(shift)
+        blocks = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+        for lo, hi in blocks if shift < 0 else reversed(blocks):
+            src = slice(self._start + lo, self._start + hi)
+            dst = slice(start + lo, start + hi)
+            self._k[: self._rows, :, dst] = self._k[: self._rows, :, src]
+            self._v[: self._rows, :, dst] = self._v[: self._rows, :, src]
+        self._start = start
         self._expose()
 
     def get_seq_length(self) -> int:
@@ -127,7 +154,10 @@ class GrowableLayer(DynamicLayer):
         more rows: into the spare columns and rows, so that a longer prompt joining copies no
         running row (unless they ran out: then one copy, with room to spare for the next)."""
         spare, spare_rows = self._spare()
-        if columns > self._start or rows > spare_rows:
+        if columns > self._start and rows <= spare_rows and columns <= self._start + spare:
+            # Room on the right (a reserved buffer): the filled part moves there, in place.
+            self._move_to(columns + (self._start + spare - columns) // 2)
+        elif columns > self._start or rows > spare_rows:
             spare_rows = max(spare_rows, _SPARE_ROWS, rows, self._rows // 2) if rows > spare_rows else spare_rows
             left = max(self._start, columns + max(_GROW, self._len // 2))
             self._set(self.k_view, self.v_view, spare, spare_rows, left)
@@ -192,6 +222,17 @@ class BatchCache:
     def nbytes(self) -> int:
         """Bytes of every layer's key and value buffers (spare rows and columns included)."""
         return sum(layer._k.nbytes + layer._v.nbytes for layer in self.layers)
+
+    def reserve(self, rows: int, budget: int = RESERVE_BYTES) -> None:
+        """On CPU: the next growth makes room for ``rows`` rows and as many columns as
+        ``budget`` bytes of keys and values hold (all layers), as address space; see the module
+        docstring."""
+        if self.mask.device.type != "cpu":
+            return
+        per_column = sum(layer._k[:1, :, :1].nbytes + layer._v[:1, :, :1].nbytes for layer in self.layers)
+        columns = budget // max(1, rows * per_column)
+        for layer in self.layers:
+            layer.reserve(rows, columns)
 
     def as_hf_cache(self) -> DynamicCache:
         cache = DynamicCache()
