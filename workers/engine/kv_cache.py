@@ -39,7 +39,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 _GROW = 64  # spare columns allocated at least
 _SPARE_ROWS = 8  # spare rows allocated at least when rows join
-RESERVE_BYTES = 1 << 30  # CPU: the address space the batch cache reserves when it starts
+RESERVE_BYTES = 1 << 30  # CPU: the address space the batch cache takes at its first growth
 
 
 class GrowableLayer(DynamicLayer):
@@ -80,8 +80,7 @@ class GrowableLayer(DynamicLayer):
     def reserve(self, rows: int, columns: int) -> None:
         """Every buffer allocated from now on (the next growth, a fork) holds at least
         ``rows`` rows and ``columns`` columns.  Nothing is allocated now: a request that runs
-        alone and short never pays for the reservation (its first token is published after the
-        step that joins its row)."""
+        alone and ends within its prefill's buffer never pays for the reservation."""
         self._reserved = (rows, columns)
 
     def _spare(self) -> tuple[int, int]:
@@ -220,7 +219,8 @@ class BatchCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every layer's key and value buffers (spare rows and columns included)."""
+        """Bytes of every layer's key and value buffers (spare rows and columns included; on
+        CPU a reservation's pages count before a column maps them)."""
         return sum(layer._k.nbytes + layer._v.nbytes for layer in self.layers)
 
     def reserve(self, rows: int, budget: int = RESERVE_BYTES) -> None:
