@@ -33,6 +33,7 @@ from typing import Any
 
 from celery import Celery
 
+from broker.redis_transport import TRANSPORT as REDIS_TRANSPORT
 from broker.sentinel_transport import TRANSPORT as SENTINEL_TRANSPORT
 from schemas import settings
 from schemas.job import DEFAULT_QUEUE
@@ -83,7 +84,7 @@ def make_celery(broker_url: str | None = None, redis_url: str | None = None) -> 
         # durable queue, persisted it).  Without them a message the broker loses in a crash
         # between receiving and persisting it is gone with no error for the caller.
         app.conf.broker_transport_options["confirm_publish"] = True
-    _use_fixed_sentinel_transport(app, url)
+    app.conf.broker_transport = _transport_for(url)
     if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
         # Celery refuses a rediss:// broker without an explicit certificate policy; verify
         # certificates unless the URL says otherwise (?ssl_cert_reqs=...).
@@ -101,11 +102,16 @@ def broker_connection_args(url: str) -> tuple[str, dict[str, Any]]:
     return sentinel.url, {"master_name": sentinel.master_name}
 
 
-def _use_fixed_sentinel_transport(app: Celery, url: str) -> None:
+def _transport_for(url: str) -> str | None:
+    """Our subclasses of kombu's Redis transports (an explicit transport wins over the URL's
+    scheme): one command client per channel (broker/redis_transport.py) and, for Sentinel, a
+    fix that keeps a worker alive through a failover (broker/sentinel_transport.py).  Other
+    schemes (``rediss://``, ``redis+socket://``, RabbitMQ) keep kombu's own."""
     if is_sentinel_url(url):
-        # kombu's sentinel transport with a fix that keeps a worker alive through a failover
-        # (broker/sentinel_transport.py); an explicit transport wins over the URL's scheme.
-        app.conf.broker_transport = SENTINEL_TRANSPORT
+        return SENTINEL_TRANSPORT
+    if url.startswith("redis://"):
+        return REDIS_TRANSPORT
+    return None
 
 
 @functools.cache

@@ -9,7 +9,8 @@ about one failover in four in tests/integration/test_sentinel.py).  Raised as a 
 error instead, it is ignored like the others: the consumer reconnects through the sentinels
 to the promoted master.  The messages it could not put back stay in the unacked hash on the
 broker, and kombu's sweep restores them after the visibility timeout (a running request's
-lease keeps it from running twice).
+lease keeps it from running twice).  Its channel also keeps one command client
+(broker/redis_transport.py).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
+from broker.redis_transport import OneClientMixin
+
 TRANSPORT = "broker.sentinel_transport:SentinelTransport"
 log = logging.getLogger(__name__)
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):
+class SentinelChannel(OneClientMixin, kombu_redis.SentinelChannel):
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             log.info("broker connection already closed: unacknowledged messages wait for the visibility timeout")

@@ -10,6 +10,7 @@ import redis
 from kombu import Connection
 
 from broker.app import broker_connection_args, make_celery
+from broker.redis_transport import TRANSPORT as REDIS_TRANSPORT
 from broker.sentinel_transport import TRANSPORT as SENTINEL_TRANSPORT
 from broker.sentinel_transport import SentinelChannel
 from schemas import settings
@@ -69,7 +70,8 @@ def test_celery_gets_the_urls_without_the_name_and_the_name_as_transport_option(
     assert conn.alt == ["sentinel://s1:26379", "sentinel://:pw@s2:26380/1"]
     assert conn.transport_options["master_name"] == "mymaster"
     assert conn.transport_cls == SENTINEL_TRANSPORT and conn.transport.Channel is SentinelChannel
-    assert make_celery("redis://127.0.0.1:6379/0").conf.broker_transport is None
+    assert make_celery("redis://127.0.0.1:6379/0").conf.broker_transport == REDIS_TRANSPORT
+    assert make_celery("amqp://guest:guest@127.0.0.1:5672//").conf.broker_transport is None
 
 
 def test_a_channel_whose_connection_is_gone_raises_a_connection_error() -> None:
