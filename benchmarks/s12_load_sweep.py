@@ -7,7 +7,14 @@ Both sides are driven by the same client code (the official ``openai`` async cli
 and one worker with default settings, vLLM through its API server.  The traces have scenario
 4's shape (story prompts, greedy, ``ignore_eos``, ``max_tokens`` 16..128, seed 1234); the
 offered load is a share (25 % .. 125 %) of tokenrelay's batch-16 capacity measured at the
-start of the run with the same client, so both engines see identical arrivals.
+start of the run with the same client, so both engines see identical arrivals.  Both servers
+are up for the whole scenario and take the traces in turn, trace by trace (ours, then vLLM's):
+the speed of this project's VMs drifts by up to a third within minutes (a fixed matrix
+product timed between runs: 0.8-1.4 ms), and running all of ours before all of vLLM's put
+that drift into the ratios.  While ours runs, vLLM's server is stopped (SIGSTOP,
+`vllm_ref.Server.paused`): idle but running it spent 1-15 % of a core polling, and our TTFT
+p99 went from ~0.3 to 0.6-0.9 s beside it.  Our idle worker and gateway took under 1 %
+(``top``) while vLLM's turn ran.
 
 Last comes scenario 4's own trace (benchmarks/s4_poisson.py: 64 requests, ~134 offered
 tokens/s), the load the goals are stated at (issue "builtin engine under real traffic"):
@@ -21,8 +28,10 @@ the environment both run bf16 (the worker reads it; ``vllm_ref.server_dtype``).
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 
@@ -30,7 +39,7 @@ from benchmarks.common import Context, Row
 from benchmarks.prompts import story_prompt, story_prompts
 from benchmarks.s4_poisson import SEED
 from benchmarks.s10_gateway import gateway
-from benchmarks.vllm_ref import Arrival, find_vllm, poisson_trace, s4_trace, throughput, vllm_server
+from benchmarks.vllm_ref import Arrival, Server, find_vllm, poisson_trace, s4_trace, throughput, vllm_process
 
 NAME = "12 load sweep"
 LOADS = (0.25, 0.5, 0.75, 1.0, 1.25)
@@ -41,15 +50,21 @@ Result = dict[str, float]
 def run(ctx: Context) -> list[Row]:
     n, max_len, cap_tokens = (12, 32, 32) if ctx.quick else (64, 128, 128)
     ctx.stack()  # one worker, default settings
-    with gateway(ctx.url) as (base, _proc):
+    with gateway(ctx.url) as (base, _proc), _vllm() as ref:
         served = _served_model(base)
-        throughput(base, story_prompts(2), 4, 2, model=served)  # warm-up
-        capacity = throughput(base, story_prompts(16), cap_tokens, 16, model=served)
+        throughput(base, story_prompts(2), 4, 2, model=served)  # warm-ups
+        if ref is not None:
+            throughput(ref.base, story_prompts(2), 4, 2)
+        with ref.paused() if ref is not None else contextlib.nullcontext():
+            capacity = throughput(base, story_prompts(16), cap_tokens, 16, model=served)
         traces = {f"{load:.0%} load": _trace(n, max_len, load * capacity) for load in LOADS}
         traces[SCENARIO_4] = s4_trace(ctx.quick)
-        ours = {at: poisson_trace(base, trace, model=served) for at, trace in traces.items()}
-    ctx.stop_worker()  # free the cores for vLLM
-    theirs = _vllm(traces)
+        ours, theirs = {}, {}
+        for at, trace in traces.items():  # interleaved: see the module docstring
+            with ref.paused() if ref is not None else contextlib.nullcontext():
+                ours[at] = poisson_trace(base, trace, model=served)
+            if ref is not None:
+                theirs[at] = poisson_trace(ref.base, trace)
     return _rows(capacity, ours, theirs)
 
 
@@ -66,15 +81,17 @@ def _trace(n: int, max_len: int, offered_tok_s: float) -> list[Arrival]:
     return [Arrival(g, story_prompt(i), m) for i, (g, m) in enumerate(zip(gaps, lengths, strict=True))]
 
 
-def _vllm(traces: dict[str, list[Arrival]]) -> dict[str, Result]:
+@contextmanager
+def _vllm() -> Iterator[Server | None]:
+    """vLLM's server beside our worker (None when vllm is not installed)."""
     python = find_vllm()
     if python is None:
-        return {}
+        yield None
+        return
     from workers.model_store import ensure_smollm2
 
-    with vllm_server(str(ensure_smollm2()), python) as base:
-        throughput(base, story_prompts(2), 4, 2)  # warm-up
-        return {at: poisson_trace(base, trace) for at, trace in traces.items()}
+    with vllm_process(str(ensure_smollm2()), python) as server:
+        yield server
 
 
 def _rows(capacity: float, ours: dict[str, Result], theirs: dict[str, Result]) -> list[Row]:

@@ -153,12 +153,42 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
         proc.wait(5)
 
 
+@dataclass
+class Server:
+    """A running vLLM server: its base URL and its process group."""
+
+    base: str
+    proc: subprocess.Popen[bytes]
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The whole server stopped (SIGSTOP to its process group: API server, engine core,
+        workers) and continued afterwards: while another engine is measured beside it, it takes
+        no CPU at all.  Idle but running, its worker process spent 1-15 % of a core (its
+        shared-memory queue polls), enough to stall the other engine's requests by hundreds of
+        milliseconds on 2 cores."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
+
 @contextmanager
 def vllm_server(
     model_dir: str, python: str, startup_timeout_s: float = STARTUP_TIMEOUT_S, extra_args: Sequence[str] = ()
 ) -> Iterator[str]:
     """vLLM's OpenAI-compatible server on a free loopback port, in its own process group;
     yields its base URL (``http://127.0.0.1:PORT``) once ``/health`` answers 200."""
+    with vllm_process(model_dir, python, startup_timeout_s, extra_args) as server:
+        yield server.base
+
+
+@contextmanager
+def vllm_process(
+    model_dir: str, python: str, startup_timeout_s: float = STARTUP_TIMEOUT_S, extra_args: Sequence[str] = ()
+) -> Iterator[Server]:
+    """`vllm_server`, yielding the `Server` (to pause it)."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     fd, name = tempfile.mkstemp(prefix="vllm-ref-", suffix=".log")
@@ -183,7 +213,7 @@ def vllm_server(
                 if httpx.get(base + "/health", timeout=2).status_code == 200:
                     break
             time.sleep(1.0)
-        yield base
+        yield Server(base, proc)
     finally:
         _stop(proc)
     log.unlink(missing_ok=True)  # kept when the server failed, for a look
