@@ -55,13 +55,13 @@ def run(ctx: Context) -> list[Row]:
         throughput(base, story_prompts(2), 4, 2, model=served)  # warm-ups
         if ref is not None:
             throughput(ref.base, story_prompts(2), 4, 2)
-        with ref.paused() if ref is not None else contextlib.nullcontext():
+        with _paused(ref):
             capacity = throughput(base, story_prompts(16), cap_tokens, 16, model=served)
         traces = {f"{load:.0%} load": _trace(n, max_len, load * capacity) for load in LOADS}
         traces[SCENARIO_4] = s4_trace(ctx.quick)
         ours, theirs = {}, {}
         for at, trace in traces.items():  # interleaved: see the module docstring
-            with ref.paused() if ref is not None else contextlib.nullcontext():
+            with _paused(ref):
                 ours[at] = poisson_trace(base, trace, model=served)
             if ref is not None:
                 theirs[at] = poisson_trace(ref.base, trace)
@@ -92,6 +92,11 @@ def _vllm() -> Iterator[Server | None]:
 
     with vllm_process(str(ensure_smollm2()), python) as server:
         yield server
+
+
+def _paused(ref: Server | None) -> contextlib.AbstractContextManager[None]:
+    """vLLM's server stopped while ours is measured (nothing to stop without one)."""
+    return ref.paused() if ref is not None else contextlib.nullcontext()
 
 
 def _rows(capacity: float, ours: dict[str, Result], theirs: dict[str, Result]) -> list[Row]:

@@ -11,8 +11,9 @@ thread as well as many do.  It is built again whenever the channel's pool is rep
 reconnection, a fork), so it never outlives the pool it borrows from.  The asynchronous
 client that waits in ``BRPOP`` is kombu's own, unchanged.
 
-`make_celery` picks these classes for ``redis://``, ``rediss://`` and ``redis+socket://``
-brokers (and, with the failover fix of broker/sentinel_transport.py, for Sentinel).
+`make_celery` picks these classes for ``redis://`` brokers, and the Sentinel channel of
+broker/sentinel_transport.py mixes the same client in; ``rediss://`` and ``redis+socket://``
+keep kombu's own (their scheme decides kombu's transport options).
 """
 
 from __future__ import annotations

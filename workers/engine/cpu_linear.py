@@ -88,13 +88,13 @@ class FusedProduct:
         self._input: torch.Tensor | None = None
         self._parts: list[torch.Tensor | None] = []
 
-    def product(self, x: torch.Tensor) -> torch.Tensor:
+    def whole(self, x: torch.Tensor) -> torch.Tensor:
         """Every sibling's projection of ``x`` side by side (the ``sizes`` along the last dim)."""
         return _product(x, self.packed, self.bias)
 
     def project(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every sibling's projection of ``x``, from one product (llama_forward.py calls this)."""
-        return list(self.product(x).split(self.sizes, dim=-1))
+        return list(self.whole(x).split(self.sizes, dim=-1))
 
     def take(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if x is not self._input or self._parts[index] is None:

@@ -101,7 +101,7 @@ def _attention_inputs(attn: Any, h: torch.Tensor, rope: Rope) -> tuple[torch.Ten
     if product is None:
         q, k, v = (_linear(m, h).view(1, n, -1, d).transpose(1, 2) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
         return rope(q), rope(k), v
-    out = product.product(h)  # (1, N, (q_heads + kv_heads + kv_heads) * head_dim)
+    out = product.whole(h)  # (1, N, (q_heads + kv_heads + kv_heads) * head_dim)
     q_cols, qk_cols = product.sizes[0], product.sizes[0] + product.sizes[1]
     qk = rope(out[..., :qk_cols].unflatten(-1, (-1, d)).transpose(1, 2))
     v = out[..., qk_cols:].unflatten(-1, (-1, d)).transpose(1, 2)
