@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import httpx
 
@@ -81,7 +80,7 @@ def _trace(n: int, max_len: int, offered_tok_s: float) -> list[Arrival]:
     return [Arrival(g, story_prompt(i), m) for i, (g, m) in enumerate(zip(gaps, lengths, strict=True))]
 
 
-@contextmanager
+@contextlib.contextmanager
 def _vllm() -> Iterator[Server | None]:
     """vLLM's server beside our worker (None when vllm is not installed)."""
     python = find_vllm()
@@ -118,7 +117,7 @@ def _rows(capacity: float, ours: dict[str, Result], theirs: dict[str, Result]) -
             row("TTFT p99", "ttft_p99_ms", "ms", (lambda a, b: a <= 3 * b) if scenario_4 else None, "<= 3x"),
             row("inter-token p50", "itl_p50_ms", "ms"),
             Row(NAME, f"inter-token p99, {at}", mine["itl_p99_ms"], ref.get("itl_p99_ms"), "ms",
-                f"p99/p50 {mine['itl_p99_ms'] / mine['itl_p50_ms']:.1f} <= 2",
+                f"p99/p50 {_spread(mine):.1f} <= 2",
                 mine["itl_p99_ms"] <= 2 * mine["itl_p50_ms"], ref_label=label,
                 note=f"offered {mine['offered_tok_s']:.0f} tok/s, {mine['requests']:.0f} requests{_their_ratio(ref)}"),
         ]  # fmt: skip
@@ -128,6 +127,9 @@ def _rows(capacity: float, ours: dict[str, Result], theirs: dict[str, Result]) -
 def _their_ratio(ref: Result) -> str:
     """vLLM's own inter-token p99/p50 on the trace: how far the same arrivals spread a
     reference engine's gaps (it is over 2 at overload too: README, "ninth pass")."""
-    if "itl_p99_ms" not in ref:
-        return ""
-    return f"; vLLM's own p99/p50 {ref['itl_p99_ms'] / ref['itl_p50_ms']:.1f}"
+    return f"; vLLM's own p99/p50 {_spread(ref):.1f}" if "itl_p99_ms" in ref else ""
+
+
+def _spread(result: Result) -> float:
+    """Inter-token p99 over p50: how uneven a trace's token gaps were."""
+    return result["itl_p99_ms"] / result["itl_p50_ms"]
