@@ -31,6 +31,7 @@ from transformers.cache_utils import DynamicCache
 
 from workers.engine import llama_forward
 from workers.engine.kv_cache import BatchCache, GrowableLayer
+from workers.engine.segments import Segment, plan
 
 _PACKED = "tokenrelay_packed"
 
@@ -89,6 +90,12 @@ class _Pack:
             # and SDPA takes its unmasked kernel (one row here: 45 -> 25 us a layer).
             mask = torch.cat([cache.mask, cache.mask.new_ones((cache.rows, 1))], dim=1)
             self.decode_mask = mask.bool()[:, None, None, :]
+        # With padding, a few row segments over their own columns read less (segments.py).  On
+        # CPU only: the plan reads the mask back, and a GPU reads padding faster than it calls.
+        self.segments: list[Segment] | None = None
+        if self.decode_mask is not None and cache is not None and cache.mask.device.type == "cpu":
+            segments = plan(cache.mask.argmax(dim=1).tolist())
+            self.segments = segments if len(segments) > 1 else None
         if prompts is not None:
             self.start, self.stop = prompts.done, min(prompts.width, prompts.done + columns)
             self.chunk_mask = _chunk_mask(prompts.mask[:, : self.stop].bool(), self.start)
@@ -115,9 +122,13 @@ class _Pack:
         decode_bias, chunk_bias = self._masks_as_biases(query.dtype, query.shape[1] // any_kv.k_view.shape[1])
         parts = []
         if self.cache is not None:
-            kv = self.cache.layers[layer]
-            out = _attention_of(q[:, :r, None].transpose(0, 1), kv.k_view, kv.v_view, decode_bias, scaling)
-            parts.append(out.flatten(0, 1))
+            kv, qd = self.cache.layers[layer], q[:, :r, None].transpose(0, 1)
+            if self.segments is None:
+                parts.append(_attention_of(qd, kv.k_view, kv.v_view, decode_bias, scaling).flatten(0, 1))
+            for s in self.segments or ():  # consecutive rows each: their outputs stay in row order
+                bias = decode_bias[s.rows, :, :, s.start :] if s.padded and decode_bias is not None else None
+                k, v = kv.k_view[s.rows, :, s.start :], kv.v_view[s.rows, :, s.start :]
+                parts.append(_attention_of(qd[s.rows], k, v, bias, scaling).flatten(0, 1))
         if self.prompts is not None:
             k, c = self.prompts.rows, self.stop - self.start
             kv = self.prompts.layers[layer]
