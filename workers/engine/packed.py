@@ -5,10 +5,11 @@ whatever the number of tokens) plus ~1 ms per token: a prefill pass of its own w
 every decoding row for a whole pass.  So the decode rows' new tokens and a chunk of the
 joining prompts go through the model as one packed sequence of ``R + k*c`` tokens (batch 1):
 embeddings, linear layers and norms run once over all of them, each token with its own
-position id.  Only attention differs per part, and `_attention` does it in two calls:
+position id.  Only attention differs per part, and `_attention` does each part apart:
 
 - the ``R`` decode tokens, one per row of the batch cache (`BatchCache`, left-padded), each
-  attending to its row's columns and itself, exactly as a decode pass does;
+  attending to its row's columns and itself, exactly as a decode pass does (on CPU in a few
+  segments of consecutive rows, each over the columns its rows use: segments.py);
 - the ``k`` prompt rows' chunk of ``c`` columns (left-padded like a whole prefill), attending
   causally to the columns of earlier chunks and to themselves.
 
