@@ -14,7 +14,7 @@ from workers.engine.model_runner import ModelRunner, load_model
 from workers.engine.segments import Segment, plan
 
 
-def cost(starts: list[int], segments: list[Segment], end: int) -> int:
+def cost(segments: list[Segment], end: int) -> int:
     return sum((s.rows.stop - s.rows.start) * (end - s.start) for s in segments)
 
 
@@ -45,12 +45,12 @@ def test_segments_cover_every_row_in_order_and_start_at_their_first_row() -> Non
         for s in segments:
             part = starts[s.rows]
             assert s.start == min(part) and s.padded == (max(part) > min(part))
-        assert cost(starts, segments, 300) <= cost(starts, plan(starts, max_segments=1), 300)
+        assert cost(segments, 300) <= cost(plan(starts, max_segments=1), 300)
 
 
 def test_more_segments_never_read_more() -> None:
     starts = [0, 50, 5, 120, 130, 125, 10, 200, 210, 40, 220, 230]
-    costs = [cost(starts, plan(starts, max_segments=m, min_gain=1), 300) for m in (1, 2, 3, 4)]
+    costs = [cost(plan(starts, max_segments=m, min_gain=1), 300) for m in (1, 2, 3, 4)]
     assert costs == sorted(costs, reverse=True) and costs[-1] < costs[0]
 
 
