@@ -1,7 +1,7 @@
 """Scenario 4's traffic replayed on an engine in process (no Redis, no Celery, no HTTP).
 
 ``python -m benchmarks.engine_load [--engines builtin,vllm] [--loads 1.0] [--repeat 1] [--quick]``
-``[--temperature 0] [--top-p 1]``
+``[--chunk 32|auto] [--slowdown 1.7] [--temperature 0] [--top-p 1]``
 
 Each engine runs in a fresh interpreter of its own (vLLM sets threads up at start), one after
 the other, on the same arrivals: scenario 4's trace (64 story prompts, greedy, ``ignore_eos``,
@@ -9,7 +9,7 @@ the other, on the same arrivals: scenario 4's trace (64 story prompts, greedy, `
 load factor.  It prints, per engine and load: tokens/s (tokens over first arrival -> last
 token), TTFT p50/p99 (arrival -> first token out of the core) and inter-token p50/p99 (gaps
 between a request's tokens), the engine-side numbers behind scenario 12's load sweep without
-the gateway's share.  A quick tool for changing the engine (``--chunk``, ``--prepack``,
+the gateway's share.  A quick tool for changing the engine (``--chunk``, ``--slowdown``, ``--prepack``,
 ``--dtype``; ``--temperature`` and ``--top-p`` sample instead of greedy, unseeded), not a scenario of the suite.
 """
 
@@ -73,7 +73,7 @@ def scaled(trace: list[Arrival], load: float) -> list[Arrival]:
 
 def child(args: argparse.Namespace) -> None:
     """One engine, every load: one JSON line per run on stdout."""
-    limits = Limits(prefill_chunk=args.chunk)
+    limits = Limits(prefill_chunk=args.chunk, step_slowdown=args.slowdown)
     path = str(ensure_smollm2())
     if args.engine == "vllm":
         import torch
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         default=Limits().prefill_chunk,
         help="the builtin engine's prefill chunk: N or auto",
     )
+    p.add_argument(
+        "--slowdown", type=float, default=Limits().step_slowdown, help="with --chunk auto: Limits.step_slowdown"
+    )
     p.add_argument("--prepack", choices=("0", "1"), help="TOKENRELAY_CPU_PREPACK for the builtin engine")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="the builtin engine's dtype (worker --dtype)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy, as scenario 4 (default)")
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.engines.split(","):
         cmd = [sys.executable, "-m", "benchmarks.engine_load", "--engine", name, "--repeat", str(args.repeat)]
         cmd += ["--loads", ",".join(map(str, args.loads)), "--chunk", "auto" if args.chunk is None else str(args.chunk)]
-        cmd += ["--dtype", args.dtype, "--temperature", str(args.temperature), "--top-p", str(args.top_p)]
+        cmd += ["--slowdown", str(args.slowdown), "--dtype", args.dtype]
+        cmd += ["--temperature", str(args.temperature), "--top-p", str(args.top_p)]
         cmd += ["--quick"] if args.quick else []
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
             assert proc.stdout is not None

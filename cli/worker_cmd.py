@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -40,6 +41,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
         help="prompt tokens prefilled per step while rows decode (builtin engine's chunked prefill: more is a "
         "faster TTFT for long prompts, slower steps for the running streams); auto: as many as keep such a "
         "step within 1.7 plain decode steps, measured as it runs (for GPUs, where prompt tokens are cheap)",
+    )
+    p.add_argument(
+        "--step-slowdown",
+        type=float,
+        metavar="X",
+        help="with --prefill-chunk auto: a step carrying prompt tokens takes at most X plain decode steps "
+        "(lower: smoother streams for the running requests, a later first token for the joining ones; "
+        "> 1, default 1.7)",
     )
     p.add_argument("--stream-interval", type=int, default=1, help="publish every N steps (first token never waits)")
     p.add_argument("--threads", type=int, help="torch threads (default: TOKENRELAY_TORCH_THREADS or all cores)")
@@ -130,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
         limits = Limits(
             args.max_running, args.max_batch_rows, args.max_batch_tokens, args.max_queued, args.prefill_chunk
         )
+        if args.step_slowdown is not None:
+            if args.prefill_chunk is not None:
+                raise ValueError("--step-slowdown sizes the chunks of --prefill-chunk auto; a fixed chunk ignores it")
+            limits = dataclasses.replace(limits, step_slowdown=args.step_slowdown)
     except (ValidationError, ValueError) as exc:  # Limits says which field, e.g. "max_running must be >= 1"
         note(f"tokenrelay worker: {exc}")
         return 2

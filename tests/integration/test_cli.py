@@ -193,6 +193,17 @@ def test_worker_with_a_bad_dtype_variable_exits_2_naming_it(url: str) -> None:
     assert "TOKENRELAY_DTYPE" in proc.stderr and "'bf16'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_worker_refuses_a_step_slowdown_it_would_ignore_or_cannot_meet(url: str) -> None:
+    """``--step-slowdown`` sizes auto chunks: with a fixed chunk, or at 1 or below, the worker
+    exits 2 before it starts, saying why."""
+    fixed = cli(url, "worker", "--prefill-chunk", "32", "--step-slowdown", "1.4", timeout=60)
+    assert fixed.returncode == 2, fixed.stderr
+    assert "--step-slowdown sizes the chunks of --prefill-chunk auto" in fixed.stderr, fixed.stderr
+    one = cli(url, "worker", "--prefill-chunk", "auto", "--step-slowdown", "1", timeout=60)
+    assert one.returncode == 2 and "step_slowdown must be > 1, got 1.0" in one.stderr, one.stderr
+    assert "Traceback" not in fixed.stderr + one.stderr
+
+
 def test_a_bfloat16_worker_serves_requests(url: str, tiny_model_dir: Path) -> None:
     """``--dtype bfloat16``: the model is loaded in bf16 and streams like any other."""
     queue = "tokenrelay-bf16"

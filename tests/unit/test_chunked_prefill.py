@@ -232,9 +232,10 @@ def test_a_prompt_is_chunked_in_even_shares(tiny: LoadedModel) -> None:
 
 
 def test_auto_chunks_are_sized_from_the_passes_own_times(smol: LoadedModel) -> None:
-    engine = Engine(smol, Limits(prefill_chunk=None))  # "auto": chunk_sizer.py sizes it
+    engine = Engine(smol, Limits(prefill_chunk=None, step_slowdown=1.5))  # "auto": chunk_sizer.py sizes it
     core = engine.core
     assert isinstance(core, EngineCore)
+    assert core._chunks.slowdown == 1.5, "the sizer aims at the limits' slowdown"
     run = core.runner.run
     passes: list[tuple[int, int]] = []  # (columns carried, the sizer's chunk when the prefill began)
 

@@ -15,6 +15,7 @@ from cli.main import build_parser, main
 from cli.render import TextRenderer, record_json, usage_line
 from schemas.config import FIELD_NAMES, GenerationConfig
 from schemas.records import ErrorInfo, Record, Usage
+from workers.engine.scheduler import Limits
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -180,6 +181,16 @@ def test_prefill_chunk_is_a_number_or_auto(capsys: pytest.CaptureFixture[str]) -
         parser.parse_args(["worker", "--prefill-chunk", "big"])
     assert exc.value.code == 2
     assert "expected a number of tokens or 'auto', got 'big'" in capsys.readouterr().err
+
+
+def test_step_slowdown_is_a_number_above_one_used_only_with_auto_chunks() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["worker"]).step_slowdown is None  # Limits' default, 1.7
+    assert parser.parse_args(["worker", "--prefill-chunk", "auto", "--step-slowdown", "1.4"]).step_slowdown == 1.4
+    assert Limits(prefill_chunk=None, step_slowdown=1.4).step_slowdown == 1.4
+    for bad in (1.0, 0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"step_slowdown must be > 1, got"):
+            Limits(prefill_chunk=None, step_slowdown=bad)
 
 
 def test_dtype_is_one_of_the_names(capsys: pytest.CaptureFixture[str]) -> None:

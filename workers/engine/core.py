@@ -10,14 +10,14 @@ step takes a chunk of prompt tokens (the prompt spread evenly over the steps it 
 `_columns`), so a joining prompt costs the running rows a little per step instead of stalling
 them for a whole prefill pass (more when more requests wait than rows decode: `_budget`); with
 no row decoding, nobody waits for a token and the prompts go whole.  The chunk is
-``Limits.prefill_chunk`` (32), or with "auto" (None) as large as keeps a step within 1.7 plain
-decode steps, learned from the passes' own times (chunk_sizer.py).  The chunks build the
-prompts' own KV cache; the pass that completes it also samples their first tokens.  Requests
-stay in `waiting` until then (cancelling one drops its share of the prefill), and in
-`running` from then on.  Each row samples from its own random stream (sampler.py).  The step
-returns a `CoreStep`: token ids and raw logprobs per row, nothing of text.  The output
-processor (output.py) turns those into records and says which choices finished; `finish()`
-then frees their rows.
+``Limits.prefill_chunk`` (32), or with "auto" (None) as large as keeps a step within
+``Limits.step_slowdown`` (1.7) plain decode steps, learned from the passes' own times
+(chunk_sizer.py).  The chunks build the prompts' own KV cache; the pass that completes it also
+samples their first tokens.  Requests stay in `waiting` until then (cancelling one drops its
+share of the prefill), and in `running` from then on.  Each row samples from its own random
+stream (sampler.py).  The step returns a `CoreStep`: token ids and raw logprobs per row, nothing
+of text.  The output processor (output.py) turns those into records and says which choices
+finished; `finish()` then frees their rows.
 
 Rows and the KV cache stay aligned in one object, `BatchState`: row ``i`` of its list is row
 ``i`` of the cache's keys, values, mask and positions, and every change of either goes through
@@ -115,7 +115,8 @@ class EngineCore:
         self.batch = BatchState(limits.max_batch_rows)
         self._prefill: Prefill | None = None  # under way; its requests are still waiting
         self._joining: tuple[list[Row], BatchCache] | None = None  # prefilled, not in the batch yet
-        self._chunks = ChunkSizer(limits.max_batch_tokens)  # fed and used only with prefill_chunk "auto"
+        # fed and used only with prefill_chunk "auto"
+        self._chunks = ChunkSizer(limits.max_batch_tokens, slowdown=limits.step_slowdown)
 
     # -- requests -------------------------------------------------------------------------
 
