@@ -188,8 +188,8 @@ def test_step_slowdown_is_a_number_above_one_used_only_with_auto_chunks() -> Non
     assert parser.parse_args(["worker"]).step_slowdown is None  # Limits' default, 1.7
     assert parser.parse_args(["worker", "--prefill-chunk", "auto", "--step-slowdown", "1.4"]).step_slowdown == 1.4
     assert Limits(prefill_chunk=None, step_slowdown=1.4).step_slowdown == 1.4
-    for bad in (1.0, 0.5, float("nan")):
-        with pytest.raises(ValueError, match=r"step_slowdown must be > 1, got"):
+    for bad in (1.0, 0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"step_slowdown must be a finite number > 1, got"):
             Limits(prefill_chunk=None, step_slowdown=bad)
 
 

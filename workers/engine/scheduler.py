@@ -6,6 +6,7 @@ behind it jumps ahead (a long prompt is never starved by a stream of short ones)
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -30,8 +31,7 @@ class Limits:
     prefill_chunk: int | None = 32
     # With "auto": how many plain decode steps a step carrying prompt tokens may take.  Lower
     # is a smoother stream for the running rows and a later first token for the joining one
-    # (README, "load sweep": 1.4 took the inter-token p99/p50 from 1.65-1.86 to ~1.5 and added
-    # about one step to TTFT p50, more to p99).
+    # (README, benchmark 12's eleventh pass: 1.4 cost 1.5-2x the TTFT p50 in process).
     step_slowdown: float = SLOWDOWN
 
     def __post_init__(self) -> None:
@@ -39,8 +39,8 @@ class Limits:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if not self.step_slowdown > 1:  # also refuses NaN
-            raise ValueError(f"step_slowdown must be > 1, got {self.step_slowdown}")
+        if not 1 < self.step_slowdown < math.inf:  # NaN fails both
+            raise ValueError(f"step_slowdown must be a finite number > 1, got {self.step_slowdown}")
 
 
 def admit(
