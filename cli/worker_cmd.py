@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -136,13 +135,12 @@ def run(args: argparse.Namespace) -> int:
         max_attempts = settings.max_attempts(args.max_attempts)
         metrics_port = settings.metrics_port(args.metrics_port)
         settings.engine(args.engine), settings.engine_args(args.engine_arg), settings.dtype(args.dtype)
+        if args.step_slowdown is not None and args.prefill_chunk is not None:
+            raise ValueError("--step-slowdown sizes the chunks of --prefill-chunk auto; a fixed chunk ignores it")
+        slowdown = Limits.step_slowdown if args.step_slowdown is None else args.step_slowdown
         limits = Limits(
-            args.max_running, args.max_batch_rows, args.max_batch_tokens, args.max_queued, args.prefill_chunk
+            args.max_running, args.max_batch_rows, args.max_batch_tokens, args.max_queued, args.prefill_chunk, slowdown
         )
-        if args.step_slowdown is not None:
-            if args.prefill_chunk is not None:
-                raise ValueError("--step-slowdown sizes the chunks of --prefill-chunk auto; a fixed chunk ignores it")
-            limits = dataclasses.replace(limits, step_slowdown=args.step_slowdown)
     except (ValidationError, ValueError) as exc:  # Limits says which field, e.g. "max_running must be >= 1"
         note(f"tokenrelay worker: {exc}")
         return 2
