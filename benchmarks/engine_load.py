@@ -1,7 +1,7 @@
 """Scenario 4's traffic replayed on an engine in process (no Redis, no Celery, no HTTP).
 
 ``python -m benchmarks.engine_load [--engines builtin,vllm] [--loads 1.0] [--repeat 1] [--quick]``
-``[--chunk 32|auto] [--slowdown 1.7] [--temperature 0] [--top-p 1]``
+``[--chunk 32|auto] [--slowdown 1.7] [--temperature 0] [--top-p 1] [--noise 10]``
 
 Each engine runs in a fresh interpreter of its own (vLLM sets threads up at start), one after
 the other, on the same arrivals: scenario 4's trace (64 story prompts, greedy, ``ignore_eos``,
@@ -9,8 +9,10 @@ the other, on the same arrivals: scenario 4's trace (64 story prompts, greedy, `
 load factor.  It prints, per engine and load: tokens/s (tokens over first arrival -> last
 token), TTFT p50/p99 (arrival -> first token out of the core) and inter-token p50/p99 (gaps
 between a request's tokens), the engine-side numbers behind scenario 12's load sweep without
-the gateway's share.  A quick tool for changing the engine (``--chunk``, ``--slowdown``, ``--prepack``,
-``--dtype``; ``--temperature`` and ``--top-p`` sample instead of greedy, unseeded), not a scenario of the suite.
+the gateway's share; before and after, the machine's own spread on a fixed step
+(benchmarks/machine_noise.py), the floor under any inter-token p99/p50.  A quick tool for
+changing the engine (``--chunk``, ``--slowdown``, ``--prepack``, ``--dtype``; ``--temperature``
+and ``--top-p`` sample instead of greedy, unseeded), not a scenario of the suite.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from benchmarks import machine_noise
 from benchmarks.common import percentile
 from benchmarks.prefill_stalls import token_times
 from benchmarks.vllm_ref import Arrival, s4_trace
@@ -115,10 +118,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy, as scenario 4 (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature > 0)")
     p.add_argument("--quick", action="store_true", help="scenario 4's quick trace")
+    p.add_argument(
+        "--noise", type=float, default=10.0, help="seconds of the machine-noise probe before and after (0: none)"
+    )
     args = p.parse_args(argv)
     if args.engine:
         child(args)
         return
+    _noise(args.noise, "before")
     print(f"{'engine':>8} {'load':>5} " + " ".join(f"{h:>8}" for h in HEADS), flush=True)
     env = dict(os.environ, **({"TOKENRELAY_CPU_PREPACK": args.prepack} if args.prepack else {}))
     for name in args.engines.split(","):
@@ -135,6 +142,13 @@ def main(argv: list[str] | None = None) -> None:
                 r = json.loads(line)
                 cells = [r["tok_s"], r["ttft50"], r["ttft99"], r["itl50"], r["itl99"], r["itl99"] / r["itl50"]]
                 print(f"{name:>8} {r['load']:5.2f} " + " ".join(f"{c:8.1f}" for c in cells), flush=True)
+    _noise(args.noise, "after")
+
+
+def _noise(seconds: float, when: str) -> None:
+    """The machine's own spread (benchmarks/machine_noise.py), measured with no engine running."""
+    if seconds > 0:
+        print(f"machine noise {when}: {machine_noise.measure(seconds).describe()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from benchmarks import machine_noise
 from benchmarks.common import Context, Row
 from benchmarks.prompts import story_prompt, story_prompts
 from benchmarks.s4_poisson import SEED
@@ -56,6 +57,7 @@ def run(ctx: Context) -> list[Row]:
             throughput(ref.base, story_prompts(2), 4, 2)
         with _paused(ref):
             capacity = throughput(base, story_prompts(16), cap_tokens, 16, model=served)
+            noise = [machine_noise.measure(3.0 if ctx.quick else 10.0)]  # both engines idle
         traces = {f"{load:.0%} load": _trace(n, max_len, load * capacity) for load in LOADS}
         traces[SCENARIO_4] = s4_trace(ctx.quick)
         ours, theirs = {}, {}
@@ -64,7 +66,9 @@ def run(ctx: Context) -> list[Row]:
                 ours[at] = poisson_trace(base, trace, model=served)
             if ref is not None:
                 theirs[at] = poisson_trace(ref.base, trace)
-    return _rows(capacity, ours, theirs)
+        with _paused(ref):
+            noise.append(machine_noise.measure(3.0 if ctx.quick else 10.0))
+    return [*_rows(capacity, ours, theirs), _noise_row(noise)]
 
 
 def _served_model(base: str) -> str:
@@ -122,6 +126,14 @@ def _rows(capacity: float, ours: dict[str, Result], theirs: dict[str, Result]) -
                 note=f"offered {mine['offered_tok_s']:.0f} tok/s, {mine['requests']:.0f} requests{_their_ratio(ref)}"),
         ]  # fmt: skip
     return rows
+
+
+def _noise_row(probes: list[machine_noise.Noise]) -> Row:
+    """The machine's own spread, before and after the traces: an inter-token p99/p50 near it
+    is the machine's, not the engine's (benchmarks/machine_noise.py)."""
+    worst = max(probe.unit.ratio for probe in probes)
+    note = "; ".join(f"{when}: {p.describe()}" for when, p in zip(("before", "after"), probes, strict=False))
+    return Row(NAME, "machine noise: a fixed step's p99/p50 (worse of before/after)", worst, None, "x", note=note)
 
 
 def _their_ratio(ref: Result) -> str:

@@ -5,6 +5,7 @@ the engine's own use is covered by the chunked-prefill and load benchmarks' real
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -58,6 +59,7 @@ def test_a_slower_machine_gets_smaller_chunks_but_never_below_the_floor() -> Non
     assert hopeless == 4
 
 
-def test_a_slowdown_of_one_or_less_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"slowdown must be > 1, got 1\.0"):
-        ChunkSizer(cap=64, slowdown=1.0)
+@pytest.mark.parametrize("slowdown", [1.0, 0.5, math.inf, math.nan])
+def test_a_slowdown_not_finite_and_over_one_is_refused(slowdown: float) -> None:
+    with pytest.raises(ValueError, match=rf"slowdown must be a finite number > 1, got {slowdown}"):
+        ChunkSizer(cap=64, slowdown=slowdown)

@@ -1,10 +1,12 @@
 """Scenario 12's table rows (benchmarks/s12_load_sweep.py): which checks pass, and what the
-inter-token row tells beside them (pure logic: the scenario itself runs real servers)."""
+inter-token row tells beside them (pure logic: the scenario itself runs real servers); and
+the machine-noise probe the sweep reports beside them (benchmarks/machine_noise.py)."""
 
 from __future__ import annotations
 
 from benchmarks.common import Row
-from benchmarks.s12_load_sweep import SCENARIO_4, _rows
+from benchmarks.machine_noise import WINDOW, Noise, Spread, measure
+from benchmarks.s12_load_sweep import SCENARIO_4, _noise_row, _rows
 
 
 def result(
@@ -50,3 +52,23 @@ def test_scenario_4s_ratios_are_checked_against_vllm() -> None:
         f"TTFT p99, {SCENARIO_4}": False,  # 700 > 3 x 200
         f"inter-token p99, {SCENARIO_4}": True,
     }
+
+
+def test_the_machine_noise_row_reports_the_worse_of_the_two_probes() -> None:
+    before = Noise(Spread(500, 20.0, 30.0), Spread(125, 80.0, 100.0))
+    after = Noise(Spread(480, 20.0, 50.0), Spread(120, 80.0, 120.0))
+    row = _noise_row([before, after])
+    assert row.pipeline == 2.5 and row.passed is None  # information: no goal of its own
+    assert row.note == (
+        "before: a fixed step's p99/p50 on this machine 1.5 (20 / 30 ms), over 4 of them 1.2 (80 / 100 ms); "
+        "after: a fixed step's p99/p50 on this machine 2.5 (20 / 50 ms), over 4 of them 1.5 (80 / 120 ms)"
+    )
+
+
+def test_the_probe_times_real_products_and_windows_of_them() -> None:
+    noise = measure(0.05)  # at least 20 windows, however fast the machine
+    assert noise.unit.samples >= 20 * WINDOW and noise.window.samples == noise.unit.samples // WINDOW
+    assert 0 < noise.unit.p50_ms <= noise.unit.p99_ms
+    # A window is WINDOW units back to back: its median is about WINDOW units' (the margin:
+    # the machine's speed moves while it runs).
+    assert noise.window.p50_ms >= WINDOW * noise.unit.p50_ms / 2

@@ -21,6 +21,8 @@ Until both kinds of pass have been seen the chunk is the starting value; it grow
 
 from __future__ import annotations
 
+import math
+
 SLOWDOWN = 1.7  # a step carrying a chunk takes at most this many plain steps (goal: p99 <= 2x p50)
 START = 32  # prompt tokens a step, until passes have been measured
 FLOOR = 4  # a prefill always progresses, however slow tokens are
@@ -31,8 +33,8 @@ class ChunkSizer:
     """The prompt tokens the next step may carry while rows decode (`chunk`)."""
 
     def __init__(self, cap: int, start: int = START, slowdown: float = SLOWDOWN, floor: int = FLOOR) -> None:
-        if slowdown <= 1:
-            raise ValueError(f"slowdown must be > 1, got {slowdown}")
+        if not 1 < slowdown < math.inf:  # NaN fails both; infinity would overflow int(room / per_token)
+            raise ValueError(f"slowdown must be a finite number > 1, got {slowdown}")
         self.cap, self.slowdown = cap, slowdown
         self.floor = min(floor, cap)
         self.chunk = max(self.floor, min(start, cap))
