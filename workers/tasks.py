@@ -57,4 +57,3 @@ def _refuse(payload: Any, runner: EngineRunner, exc: ValidationError) -> str:
         return "failed"
     log.warning("request %s: bad task payload (%s); ending it with an error record", rid, exc)
     return runner.wait(runner.begin(rid, None, invalid=exc))
-
