@@ -1,13 +1,12 @@
 """How unevenly this machine runs a fixed amount of work: the floor under any inter-token spread.
 
 Why.  The load sweep's inter-token goal is a ratio of percentiles (p99 <= 2x p50), and on the
-shared 2-core VMs this project runs on, the machine alone can break it: a loop of identical
-matrix products timed in one process, nothing else running, has shown p99/p50 2.1-2.7 (README,
-benchmark 12, "twelfth pass"; "tenth pass": 2.4 for the vocabulary projection alone).  An
-engine's token gaps can be
-no steadier than the steps that make them, so a sweep that reports the gaps' spread reports
-the machine's with it; this probe measures the machine's alone, in the same run, so a reader
-can tell the two apart.
+shared 2-core VMs this project runs on, the machine alone can break it: this probe, nothing
+else running, has given p99/p50 from 1.3 to 2.7 within one session (README, benchmark 12,
+"twelfth pass"; "tenth pass": 2.4 for a loop of the vocabulary projection alone).  An
+engine's token gaps can be no steadier than the steps that make them, so a sweep that reports
+the gaps' spread reports the machine's with it; this probe measures the machine's alone, in
+the same run, so a reader can tell the two apart.
 
 The unit of work is a decode step's linear products without the model: one product per
 weight of SmolLM2-135M's 30 layers (fused q/k/v, o, fused gate/up, down; random values, the
