@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.common import percentile
-from workers.engine.cpu_linear import PackedLinear
+from workers.engine.cpu_linear import PackedLinear, available
 
 # SmolLM2-135M's per-layer weights as the worker multiplies them (cpu_linear.py fuses
 # q/k/v and gate/up): (out, in) features.
@@ -79,7 +79,7 @@ def _unit() -> Callable[[], None]:
     for _ in range(LAYERS):
         for out_features, in_features in LAYER_SHAPES:
             linear = torch.nn.Linear(in_features, out_features, bias=False)
-            packed = PackedLinear(linear) if torch.backends.mkldnn.is_available() else linear
+            packed = PackedLinear(linear) if available(linear) else linear
             products.append((packed, inputs[in_features]))
 
     def unit() -> None:

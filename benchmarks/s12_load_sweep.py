@@ -49,6 +49,7 @@ Result = dict[str, float]
 
 def run(ctx: Context) -> list[Row]:
     n, max_len, cap_tokens = (12, 32, 32) if ctx.quick else (64, 128, 128)
+    probe_s = 3.0 if ctx.quick else 10.0  # the machine-noise probe, before and after the traces
     ctx.stack()  # one worker, default settings
     with gateway(ctx.url) as (base, _proc), _vllm() as ref:
         served = _served_model(base)
@@ -57,7 +58,7 @@ def run(ctx: Context) -> list[Row]:
             throughput(ref.base, story_prompts(2), 4, 2)
         with _paused(ref):
             capacity = throughput(base, story_prompts(16), cap_tokens, 16, model=served)
-            noise = [machine_noise.measure(3.0 if ctx.quick else 10.0)]  # both engines idle
+            noise = [machine_noise.measure(probe_s)]  # both engines idle
         traces = {f"{load:.0%} load": _trace(n, max_len, load * capacity) for load in LOADS}
         traces[SCENARIO_4] = s4_trace(ctx.quick)
         ours, theirs = {}, {}
@@ -67,7 +68,7 @@ def run(ctx: Context) -> list[Row]:
             if ref is not None:
                 theirs[at] = poisson_trace(ref.base, trace)
         with _paused(ref):
-            noise.append(machine_noise.measure(3.0 if ctx.quick else 10.0))
+            noise.append(machine_noise.measure(probe_s))
     return [*_rows(capacity, ours, theirs), _noise_row(noise)]
 
 

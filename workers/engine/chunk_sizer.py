@@ -33,8 +33,7 @@ class ChunkSizer:
     """The prompt tokens the next step may carry while rows decode (`chunk`)."""
 
     def __init__(self, cap: int, start: int = START, slowdown: float = SLOWDOWN, floor: int = FLOOR) -> None:
-        if not 1 < slowdown < math.inf:  # NaN fails both; infinity would overflow int(room / per_token)
-            raise ValueError(f"slowdown must be a finite number > 1, got {slowdown}")
+        check_slowdown(slowdown)
         self.cap, self.slowdown = cap, slowdown
         self.floor = min(floor, cap)
         self.chunk = max(self.floor, min(start, cap))
@@ -54,6 +53,13 @@ class ChunkSizer:
         room = (self.slowdown - 1) * self.base_s
         fits = int(room / self.per_token_s) if self.per_token_s > 0 else self.cap
         self.chunk = max(self.floor, min(fits, 2 * self.chunk, self.cap))
+
+
+def check_slowdown(value: float, name: str = "slowdown") -> None:
+    """Refuse a slowdown that sizes no chunk: <= 1 (no room for a prompt token), NaN or
+    infinity (``int(room / per_token)`` would overflow).  ``name``: the field, for the message."""
+    if not 1 < value < math.inf:  # NaN fails both
+        raise ValueError(f"{name} must be a finite number > 1, got {value}")
 
 
 def _average(old: float | None, new: float) -> float:

@@ -6,12 +6,11 @@ behind it jumps ahead (a long prompt is never starved by a stream of short ones)
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
 from schemas.errors import EngineFull
-from workers.engine.chunk_sizer import SLOWDOWN
+from workers.engine.chunk_sizer import SLOWDOWN, check_slowdown
 from workers.engine.sequence import Request
 
 __all__ = ["EngineFull", "Limits", "admit"]
@@ -39,8 +38,7 @@ class Limits:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if not 1 < self.step_slowdown < math.inf:  # NaN fails both
-            raise ValueError(f"step_slowdown must be a finite number > 1, got {self.step_slowdown}")
+        check_slowdown(self.step_slowdown, "step_slowdown")
 
 
 def admit(
